@@ -1,0 +1,170 @@
+"""The interactive session: geometry of clicks and paste-back, caching, undo, growth, label maps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ball_model import BallModel
+
+from pesf.errors import PesfError
+from pesf.interactive import InteractiveSession, SessionConfig
+from pesf.io.volume import Volume
+
+
+def _rotation(angle: float, axis: int) -> np.ndarray:
+    c, s = np.cos(angle), np.sin(angle)
+    a, b = [i for i in range(3) if i != axis]
+    r = np.eye(3)
+    r[a, a], r[a, b], r[b, a], r[b, b] = c, -s, s, c
+    return r
+
+
+GRIDS = {
+    "axis-aligned LPS": dict(direction=np.eye(3), spacing=[0.8, 0.8, 2.0]),
+    "RAS flipped": dict(direction=np.diag([-1.0, -1.0, 1.0]), spacing=[1.5, 1.5, 1.5]),
+    "permuted axes": dict(
+        direction=np.array([[0, 0, 1.0], [1.0, 0, 0], [0, 1.0, 0]]), spacing=[2.0, 1.0, 3.0]
+    ),
+    "oblique": dict(direction=_rotation(0.35, 2) @ _rotation(0.2, 0), spacing=[1.2, 0.9, 2.5]),
+}
+
+
+def _volume(shape=(90, 80, 50), **geometry) -> Volume:
+    rng = np.random.default_rng(0)
+    return Volume(rng.uniform(-100, 300, shape).astype(np.float32), origin=[12.5, -40.0, 88.0], **geometry)
+
+
+@pytest.mark.parametrize("grid", list(GRIDS))
+def test_click_lands_at_its_physical_position(grid):
+    """A ball drawn around the click in region space comes back centred on the click in the input grid."""
+    vol = _volume(**GRIDS[grid])
+    session = InteractiveSession(BallModel(radius=8), vol, SessionConfig(confidence_runs=0))
+    click = np.array([45.0, 37.0, 24.0])
+    res = session.add_click("organ", click)
+    idx = np.argwhere(res.full_mask())
+    assert len(idx) > 0
+    pts = vol.index_to_lps(idx)
+    centre = vol.index_to_lps(click)
+    # centroid within a fraction of a voxel, radius close to 8 region voxels of 1.5 mm
+    assert np.linalg.norm(pts.mean(axis=0) - centre) < 0.5 * vol.spacing.min()
+    radius = np.linalg.norm(pts - centre, axis=1).max()
+    assert 8 * 1.5 - 2 * vol.spacing.max() < radius < 8 * 1.5 + vol.spacing.max()
+    # the crop is the organ's neighbourhood, not the whole grid
+    assert np.prod(res.probability.shape) < 0.5 * np.prod(vol.shape)
+
+
+def test_second_click_in_region_reuses_embedding_and_undo_restores():
+    vol = _volume(**GRIDS["axis-aligned LPS"])
+    model = BallModel(radius=6)
+    session = InteractiveSession(model, vol)
+    first = session.add_click("liver", (45, 40, 25))
+    assert model.image_encoder.calls == 1
+    second = session.add_click("liver", (48, 40, 25), positive=False)
+    assert model.image_encoder.calls == 1, "a click inside a cached region must not re-run the encoder"
+    assert second.voxel_count < first.voxel_count
+    assert second.timings["encode_s"] == 0.0
+    # another organ clicked nearby also reuses the region
+    session.add_click("spleen", (30, 40, 25))
+    assert model.image_encoder.calls == 1
+    restored = session.undo("liver")
+    assert restored.voxel_count == first.voxel_count
+    np.testing.assert_array_equal(restored.full_mask(), first.full_mask())
+    session.undo("liver")
+    assert session.result("liver").voxel_count == 0
+    with pytest.raises(PesfError, match="nothing to undo"):
+        session.undo("liver")
+
+
+def test_click_far_away_opens_new_region():
+    vol = _volume(shape=(200, 200, 60), **GRIDS["axis-aligned LPS"])
+    model = BallModel(radius=6)
+    session = InteractiveSession(model, vol)
+    session.add_click("a", (20, 20, 30))
+    session.add_click("a", (180, 180, 30))
+    assert model.image_encoder.calls == 2
+    mask = session.result("a").full_mask()
+    assert mask[20, 20, 30] and mask[180, 180, 30]
+
+
+def test_click_outside_image_is_refused_and_state_kept():
+    vol = _volume(**GRIDS["axis-aligned LPS"])
+    session = InteractiveSession(BallModel(), vol)
+    session.add_click("a", (10, 10, 10))
+    with pytest.raises(PesfError, match="outside the image"):
+        session.add_click("a", (10, 10, 60))
+    assert session.n_clicks("a") == 1
+
+
+def test_failed_decode_leaves_previous_result():
+    vol = _volume(**GRIDS["axis-aligned LPS"])
+    model = BallModel()
+    session = InteractiveSession(model, vol)
+    before = session.add_click("a", (40, 40, 25))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("decoder failed")
+
+    model.mask_decoder.forward = broken
+    with pytest.raises(RuntimeError):
+        session.add_click("a", (42, 40, 25))
+    assert session.n_clicks("a") == 1
+    np.testing.assert_array_equal(session.result("a").full_mask(), before.full_mask())
+
+
+def test_large_organ_grows_into_overlapping_regions():
+    """An organ longer than one 192 mm region is followed into neighbour regions."""
+    vol = _volume(shape=(60, 60, 200), direction=np.eye(3), spacing=[2.0, 2.0, 2.0])  # 400 mm along S
+    model = BallModel(radius=70)  # 105 mm ball reaches the region's border along every axis
+    grown = InteractiveSession(model, vol, SessionConfig(confidence_runs=0, max_regions_per_organ=4))
+    single = InteractiveSession(model, vol, SessionConfig(confidence_runs=0, grow=False))
+    click = (30, 30, 100)
+    g = grown.add_click("aorta", click)
+    s = single.add_click("aorta", click)
+    assert s.n_regions == 1 and g.n_regions > 1
+    extent = lambda m: np.ptp(np.argwhere(m)[:, 2]) * 2.0  # noqa: E731
+    assert extent(g.full_mask()) > extent(s.full_mask()) + 30
+
+
+def test_confidence_map_and_score():
+    vol = _volume(**GRIDS["axis-aligned LPS"])
+    session = InteractiveSession(
+        BallModel(radius=6), vol, SessionConfig(confidence_runs=4, perturb_sigma=2.0)
+    )
+    res = session.add_click("a", (45, 40, 25))
+    conf = res.full_confidence_map()
+    assert conf.shape == vol.shape and conf.min() >= 0 and conf.max() <= 1
+    # disagreement only near the boundary: interior and far background are certain
+    assert conf[45, 40, 25] == 1.0 and conf[0, 0, 0] == 1.0
+    assert conf.min() < 1.0
+    assert 0.3 < res.confidence < 1.0 and res.confidence_source == "perturbation"
+
+
+def test_label_map_values_and_overlap():
+    vol = _volume(**GRIDS["axis-aligned LPS"])
+    session = InteractiveSession(BallModel(radius=6), vol, SessionConfig(confidence_runs=0))
+    session.add_click("left", (40, 40, 25))
+    session.add_click("right", (46, 40, 25))
+    lm = session.label_map({"left": 3, "right": 7})
+    assert lm.shape == vol.shape and set(np.unique(lm)) == {0, 3, 7}
+    assert lm[40, 40, 25] == 3 and lm[46, 40, 25] == 7
+
+
+@pytest.mark.parametrize("grid", list(GRIDS))
+def test_resample_paths_agree(grid):
+    """The separable path (aligned grids) and grid_sample (any grid) compute the same interpolation."""
+    rng = np.random.default_rng(1)
+    import torch
+
+    src = torch.from_numpy(rng.normal(size=(20, 24, 18)).astype(np.float32))
+    m = GRIDS[grid]["direction"] * 0.7
+    t = np.array([3.2, 4.1, 2.7])
+    from pesf.interactive import resample as rs
+
+    fast = rs.resample_affine(src, m, t, (16, 15, 14), fill=-5.0)
+    ref = rs._resample_grid_sample(src, m, t, (16, 15, 14), fill=-5.0)
+    # compare where the source position lies between voxel centres (c in [0, n-1] on every axis);
+    # beyond that, grid_sample's zero padding blends with the fill while the separable path does not
+    strict = rs.inside_mask(m, t - 0.5, (16, 15, 14), tuple(n - 1 for n in src.shape))
+    assert int(strict.sum()) > 100
+    assert torch.allclose(fast[strict], ref[strict], atol=1e-4)
+    assert torch.all(fast[~rs.inside_mask(m, t, (16, 15, 14), src.shape)] == -5.0)

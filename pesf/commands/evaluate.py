@@ -1,0 +1,54 @@
+"""``pesf evaluate``: simulated clicks against a reference label map, Dice and NSD per click."""
+
+from __future__ import annotations
+
+import argparse
+
+from pesf.cli import register
+from pesf.commands.common import check_output_path, progress_bar
+
+__all__ = ["run_evaluate"]
+
+
+@register("evaluate")
+def run_evaluate(args: argparse.Namespace) -> int:
+    from pesf.errors import PesfError
+    from pesf.eval import evaluate_organs, format_report_table
+    from pesf.interactive import InteractiveSession
+    from pesf.io import parse_organs_arg, read_labelmap, read_volume, write_json_atomic
+    from pesf.models import load_model, model_info
+
+    if args.clicks < 1:
+        raise PesfError(f"--clicks must be at least 1, got {args.clicks}")
+    out = check_output_path(args.out, "report")
+    organs = parse_organs_arg(args.organs)
+    image = read_volume(args.image)
+    label, _ = read_labelmap(args.label, like=image)
+    model = load_model(args.model)
+
+    with progress_bar(len(organs) * args.clicks, "evaluate") as bar:
+
+        def progress(done: int, total: int, what: str) -> None:
+            bar.total = total
+            bar.n = done
+            bar.set_postfix_str(what)
+            bar.refresh()
+
+        report = evaluate_organs(
+            lambda: InteractiveSession(model, image),
+            label.array,
+            organs,
+            spacing=image.spacing,
+            n_clicks=args.clicks,
+            seed=args.seed,
+            progress=progress,
+            nsd_tolerance_mm=args.nsd_tolerance,
+        )
+    info = model_info(model)
+    report["model"] = {k: info.get(k) for k in ("name", "config", "source", "trained") if k in info}
+    report["image"] = str(args.image)
+    report["label"] = str(args.label)
+    write_json_atomic(out, report)
+    print(format_report_table(report))
+    print(f"wrote {out}")
+    return 0

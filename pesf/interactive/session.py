@@ -1,0 +1,483 @@
+"""An interactive segmentation session on one volume.
+
+Clicks accumulate per organ. Each click selects a 128^3 region at the model's spacing centred on it (or an
+already encoded region that contains it), runs the image encoder once per region (cached), then only the
+prompt encoder and mask decoder with all of the organ's clicks in that region and its previous mask as the
+mask prompt. The decoder also runs, in the same batch, with a few randomly perturbed copies of the clicks:
+their agreement with the main mask is the voxel confidence map. Organs that reach a region's border grow
+into overlapping neighbour regions, prompted from the confident part of the mask. The region logits are
+pasted back onto the input grid, resampling only the bounding box of the predicted organ.
+
+Typical use::
+
+    session = InteractiveSession(pesf.load_model("default"), read_volume("ct.nii.gz"))
+    result = session.add_click("liver", ijk=(60, 40, 12), positive=True)
+    labelmap = result.full_mask()
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from pesf.errors import PesfError
+from pesf.interactive.resample import resample_affine
+from pesf.interactive.result import OrganResult
+from pesf.interactive.roi import Region, make_region
+from pesf.io.volume import Volume
+
+__all__ = ["InteractiveSession", "SessionConfig"]
+
+logger = logging.getLogger(__name__)
+
+_BACKGROUND_LOGIT = -20.0
+
+
+@dataclass
+class SessionConfig:
+    """Settings of an interactive session.
+
+    Attributes:
+        roi_size: voxels per side of a region (128 for SAM-Med3D).
+        roi_spacing: model spacing in mm (1.5 for SAM-Med3D).
+        confidence_runs: decoder runs with perturbed clicks for the voxel confidence map (0 disables).
+        perturb_sigma: standard deviation (region voxels) of the click perturbation.
+        grow: let organs that touch a region's border grow into overlapping regions.
+        max_regions_per_organ: cap on regions per organ when growing.
+        max_cached_regions: encoded regions kept in memory (least recently used are dropped).
+        reuse_margin: a click reuses a cached region if it lies this many voxels inside it.
+        seed: seed of the click perturbation.
+    """
+
+    roi_size: int = 128
+    roi_spacing: float = 1.5
+    confidence_runs: int = 4
+    perturb_sigma: float = 2.0
+    grow: bool = True
+    max_regions_per_organ: int = 4
+    max_cached_regions: int = 12
+    reuse_margin: int = 16
+    seed: int = 0
+
+
+@dataclass
+class _Click:
+    lps: np.ndarray
+    positive: bool
+
+
+@dataclass
+class _OrganState:
+    clicks: list[_Click] = field(default_factory=list)
+    regions: list[int] = field(default_factory=list)  # region keys, first = where the organ started
+    auto_points: dict[int, list[_Click]] = field(default_factory=dict)
+    low_res: dict[int, torch.Tensor] = field(default_factory=dict)  # (1, 1, s/4, s/4, s/4) logits
+    logits: dict[int, torch.Tensor] = field(default_factory=dict)  # (s, s, s) logits
+    agreement: dict[int, torch.Tensor] = field(default_factory=dict)  # (s, s, s) in 0..1
+    scores: dict[int, float] = field(default_factory=dict)
+    result: OrganResult | None = None
+    history: list[_OrganState] = field(default_factory=list)
+
+    def snapshot(self) -> _OrganState:
+        snap = copy.copy(self)
+        snap.clicks = list(self.clicks)
+        snap.regions = list(self.regions)
+        snap.auto_points = {k: list(v) for k, v in self.auto_points.items()}
+        for name in ("low_res", "logits", "agreement", "scores"):
+            setattr(snap, name, dict(getattr(self, name)))
+        snap.history = []
+        return snap
+
+
+class InteractiveSession:
+    """Point-prompted segmentation of several organs in one volume, with cached region embeddings.
+
+    Args:
+        model: a SAM-Med3D-compatible module with ``image_encoder``, ``prompt_encoder`` and
+            ``mask_decoder`` (see :func:`pesf.load_model`); an optional ``confidence_module`` taking
+            ``(image_embedding (B, C, 8, 8, 8), low_res_logits (B, 1, 32, 32, 32))`` and returning the
+            predicted Dice ``(B,)`` gives the organ score.
+        image: the input volume.
+        config: session settings.
+        device: torch device; default the model's.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        image: Volume,
+        config: SessionConfig | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        self.model = model.eval()
+        self.image = image
+        self.config = config or SessionConfig()
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self._image_tensor = torch.from_numpy(np.ascontiguousarray(image.array, dtype=np.float32))
+        self._regions: OrderedDict[int, Region] = OrderedDict()
+        self._region_origins: dict[int, np.ndarray] = {}
+        self._next_key = 0
+        self._organs: dict[str, _OrganState] = {}
+        self._rng = np.random.default_rng(self.config.seed)
+        s = self.config.roi_size
+        tent = torch.minimum(torch.arange(s) + 1.0, s - torch.arange(s).float()) / (s / 2)
+        self._blend_weight = (tent[:, None, None] * tent[None, :, None] * tent[None, None, :]).clamp(1e-3, 1)
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def organs(self) -> list[str]:
+        """Organs that have received clicks, in order of their first click."""
+        return list(self._organs)
+
+    def n_clicks(self, organ: str) -> int:
+        state = self._organs.get(organ)
+        return len(state.clicks) if state else 0
+
+    def result(self, organ: str) -> OrganResult:
+        """The current result of ``organ`` (empty if it has no clicks)."""
+        state = self._organs.get(organ)
+        if state is None or state.result is None:
+            return OrganResult.empty(organ, self.image.shape)
+        return state.result
+
+    def add_click(
+        self, organ: str, ijk: np.ndarray | tuple[float, float, float], positive: bool = True
+    ) -> OrganResult:
+        """Add a click at voxel index ``ijk`` (may be fractional) of the input image and re-segment.
+
+        Raises:
+            PesfError: if the point lies outside the image.
+        """
+        ijk = np.asarray(ijk, dtype=np.float64).reshape(3)
+        shape = np.array(self.image.shape)
+        if np.any(ijk < -0.5) or np.any(ijk > shape - 0.5):
+            raise PesfError(
+                f"click {ijk.round(2).tolist()} for '{organ}' lies outside the image (voxel indices 0..{(shape - 1).tolist()})"
+            )
+        return self.add_click_lps(organ, self.image.index_to_lps(ijk), positive)
+
+    def add_click_lps(self, organ: str, lps: np.ndarray, positive: bool = True) -> OrganResult:
+        """Add a click at an LPS point (mm) and re-segment ``organ``."""
+        t0 = time.perf_counter()
+        timings = {"preprocess_s": 0.0, "encode_s": 0.0, "decode_s": 0.0, "paste_s": 0.0}
+        state = self._organs.setdefault(organ, _OrganState())
+        snapshot = state.snapshot()
+        try:
+            state.clicks.append(_Click(np.asarray(lps, dtype=np.float64), bool(positive)))
+            key = self._region_for(state, state.clicks[-1].lps, timings)
+            if key not in state.regions:
+                state.regions.append(key)
+            self._decode(state, key, timings)
+            if self.config.grow:
+                self._grow(state, key, timings)
+            t1 = time.perf_counter()
+            result = self._compose(organ, state)
+            timings["paste_s"] = time.perf_counter() - t1
+        except BaseException:
+            self._restore(organ, snapshot)
+            raise
+        timings["total_s"] = time.perf_counter() - t0
+        result.timings = timings
+        state.result = result
+        state.history.append(snapshot)
+        return result
+
+    def undo(self, organ: str) -> OrganResult:
+        """Remove the last click of ``organ`` and return the result as it was before it."""
+        state = self._organs.get(organ)
+        if state is None or not state.history:
+            raise PesfError(f"nothing to undo for '{organ}'")
+        previous = state.history.pop()
+        previous.history = state.history
+        self._organs[organ] = previous
+        return self.result(organ)
+
+    def reset(self, organ: str) -> None:
+        """Forget every click of ``organ``."""
+        self._organs.pop(organ, None)
+
+    def label_map(self, values: dict[str, int]) -> np.ndarray:
+        """A label map of the input grid: ``values[organ]`` where that organ's mask is set.
+
+        Where organs overlap, the one with the higher probability wins.
+        """
+        dtype = np.uint8 if max(values.values(), default=0) <= 255 else np.uint16
+        out = np.zeros(self.image.shape, dtype=dtype)
+        best = np.zeros(self.image.shape, dtype=np.float32)
+        for organ, value in values.items():
+            res = self.result(organ)
+            if res.probability.size == 0:
+                continue
+            sub_best = best[res.bbox]
+            take = res.mask & (res.probability > sub_best)
+            out[res.bbox][take] = value
+            sub_best[take] = res.probability[take]
+        return out
+
+    # ------------------------------------------------------------------ regions
+    def _restore(self, organ: str, snapshot: _OrganState) -> None:
+        snapshot.history = self._organs[organ].history
+        self._organs[organ] = snapshot
+        if not snapshot.clicks:
+            del self._organs[organ]
+
+    def _region_for(self, state: _OrganState, lps: np.ndarray, timings: dict[str, float]) -> int:
+        """The key of a region containing ``lps``: the organ's own first, then any cached one."""
+        margin = self.config.reuse_margin
+        for key in state.regions:
+            if self._region_at(key).contains(lps, margin):
+                return key
+        for key, region in reversed(self._regions.items()):
+            if region.contains(lps, margin):
+                return key
+        return self._new_region(lps, timings)
+
+    def _new_region(self, center_lps: np.ndarray, timings: dict[str, float]) -> int:
+        key = self._next_key
+        self._next_key += 1
+        t0 = time.perf_counter()
+        region = make_region(
+            self.image, self._image_tensor, center_lps, self.config.roi_size, self.config.roi_spacing
+        )
+        region.key = key
+        timings["preprocess_s"] += time.perf_counter() - t0
+        self._encode(region, timings)
+        self._regions[key] = region
+        self._region_origins[key] = region.origin
+        self._evict()
+        return key
+
+    def _region_at(self, key: int) -> Region:
+        """A cached region, re-encoded if it was evicted."""
+        region = self._regions.get(key)
+        if region is None:
+            center = self._region_origins[key] + np.diag([-1.0, -1.0, 1.0]) @ np.full(
+                3, self.config.roi_spacing * (self.config.roi_size // 2)
+            )
+            timings = {"preprocess_s": 0.0, "encode_s": 0.0}
+            region = make_region(
+                self.image, self._image_tensor, center, self.config.roi_size, self.config.roi_spacing
+            )
+            region.key = key
+            self._encode(region, timings)
+            self._regions[key] = region
+            self._evict()
+        self._regions.move_to_end(key)
+        return region
+
+    def _evict(self) -> None:
+        while len(self._regions) > self.config.max_cached_regions:
+            self._regions.popitem(last=False)
+
+    @torch.inference_mode()
+    def _encode(self, region: Region, timings: dict[str, float]) -> None:
+        t0 = time.perf_counter()
+        region.embedding = self.model.image_encoder(region.image.to(self.device))
+        timings["encode_s"] += time.perf_counter() - t0
+
+    # ------------------------------------------------------------------ decoding
+    def _points_in(self, state: _OrganState, region: Region) -> tuple[np.ndarray, np.ndarray]:
+        clicks = [c for c in state.clicks if region.contains(c.lps)]
+        clicks += state.auto_points.get(region.key, [])
+        coords = np.array([region.lps_to_index(c.lps) for c in clicks], dtype=np.float32).reshape(-1, 3)
+        labels = np.array([1 if c.positive else 0 for c in clicks], dtype=np.int64)
+        return coords, labels
+
+    @torch.inference_mode()
+    def _decode(self, state: _OrganState, key: int, timings: dict[str, float]) -> None:
+        region = self._region_at(key)
+        t0 = time.perf_counter()
+        coords, labels = self._points_in(state, region)
+        runs = 1 + max(0, self.config.confidence_runs)
+        batch_coords = np.repeat(coords[None], runs, axis=0)
+        if runs > 1:
+            noise = self._rng.normal(0.0, self.config.perturb_sigma, size=batch_coords[1:].shape)
+            batch_coords[1:] = np.clip(batch_coords[1:] + noise, 0, region.size - 1)
+        s4 = region.size // 4
+        prev = state.low_res.get(key)
+        if prev is None:
+            prev = torch.zeros(1, 1, s4, s4, s4, device=self.device)
+        pe = self.model.prompt_encoder
+        sparse, dense = pe(
+            points=(
+                torch.from_numpy(batch_coords).to(self.device),
+                torch.from_numpy(np.repeat(labels[None], runs, axis=0)).to(self.device),
+            ),
+            boxes=None,
+            masks=prev.expand(runs, -1, -1, -1, -1),
+        )
+        embedding = region.embedding.expand(runs, -1, -1, -1, -1)
+        low_res, _ = self.model.mask_decoder(
+            image_embeddings=embedding,
+            image_pe=pe.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+        )
+        low_res = low_res[:, :1].float()
+        up = F.interpolate(low_res, size=(region.size,) * 3, mode="trilinear", align_corners=False)[:, 0]
+        up = up.cpu()
+        main = up[0] > 0
+        if runs > 1:
+            agree = ((up[1:] > 0) == main[None]).float().mean(dim=0)
+            inter = ((up[1:] > 0) & main[None]).flatten(1).sum(1).float()
+            union = ((up[1:] > 0) | main[None]).flatten(1).sum(1).float()
+            stability = float(
+                torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union)).mean()
+            )
+        else:
+            agree = torch.ones_like(up[0])
+            stability = 1.0
+        score = stability
+        conf_module = getattr(self.model, "confidence_module", None)
+        if conf_module is not None:
+            score = float(conf_module(region.embedding, low_res[:1]).reshape(-1)[0])
+        state.low_res[key] = low_res[:1].detach()
+        state.logits[key] = torch.where(region.inside, up[0], torch.tensor(_BACKGROUND_LOGIT))
+        state.agreement[key] = agree
+        state.scores[key] = score
+        timings["decode_s"] += time.perf_counter() - t0
+
+    def _grow(self, state: _OrganState, start: int, timings: dict[str, float]) -> None:
+        """Extend the organ into neighbour regions where its mask reaches a region's border."""
+        queue = [start]
+        while queue and len(state.regions) < self.config.max_regions_per_organ:
+            key = queue.pop(0)
+            region = self._region_at(key)
+            mask = (state.logits[key] > 0).numpy()
+            if not mask.any():
+                continue
+            size = region.size
+            for axis in range(3):
+                for side in (0, 1):
+                    if len(state.regions) >= self.config.max_regions_per_organ:
+                        return
+                    face = [slice(None)] * 3
+                    face[axis] = slice(0, 2) if side == 0 else slice(size - 2, size)
+                    if not mask[tuple(face)].any():
+                        continue
+                    step = np.zeros(3)
+                    step[axis] = (-1 if side == 0 else 1) * (size // 2)
+                    center_idx = np.full(3, size // 2) + step
+                    center_lps = region.index_to_lps(center_idx)
+                    beyond = region.index_to_lps(center_idx + step * 0.25)
+                    if not self._inside_image(beyond):
+                        continue
+                    if any(self._region_at(k).contains(center_lps, size // 4) for k in state.regions):
+                        continue
+                    seed_point = self._interior_point(mask, axis, side, region)
+                    if seed_point is None:
+                        continue
+                    new_key = self._new_region(center_lps, timings)
+                    state.regions.append(new_key)
+                    state.auto_points[new_key] = [_Click(seed_point, True)]
+                    self._decode(state, new_key, timings)
+                    queue.append(new_key)
+
+    def _inside_image(self, lps: np.ndarray) -> bool:
+        idx = self.image.lps_to_index(lps)
+        return bool(np.all(idx >= -0.5) and np.all(idx <= np.array(self.image.shape) - 0.5))
+
+    @staticmethod
+    def _interior_point(mask: np.ndarray, axis: int, side: int, region: Region) -> np.ndarray | None:
+        """LPS point of the most interior mask voxel in the half of the region nearest the face."""
+        half = [slice(None)] * 3
+        size = mask.shape[axis]
+        half[axis] = slice(size // 2, size) if side == 1 else slice(0, size // 2)
+        sub = mask[tuple(half)]
+        if not sub.any():
+            return None
+        dist = ndimage.distance_transform_edt(sub)
+        idx = np.array(np.unravel_index(int(np.argmax(dist)), sub.shape), dtype=np.float64)
+        if side == 1:
+            idx[axis] += size // 2
+        return region.index_to_lps(idx)
+
+    # ------------------------------------------------------------------ paste-back
+    def _compose(self, organ: str, state: _OrganState) -> OrganResult:
+        """Paste the organ's region logits back onto the input grid (bounding box only)."""
+        shape = np.array(self.image.shape)
+        boxes = {}
+        for key in state.regions:
+            logits = state.logits[key]
+            near = logits > -4.0  # probability above ~2%: where the organ may lie
+            if not bool(near.any()):
+                continue
+            lo_hi = []
+            for axis in range(3):
+                other = tuple(a for a in range(3) if a != axis)
+                idx = torch.nonzero(near.any(dim=other)).flatten()
+                lo_hi.append((int(idx[0]) - 1, int(idx[-1]) + 1))
+            corners = np.array(
+                [[lo_hi[0][a], lo_hi[1][b], lo_hi[2][c]] for a in (0, 1) for b in (0, 1) for c in (0, 1)],
+                dtype=np.float64,
+            )
+            region = self._regions.get(key) or self._region_at(key)
+            img_idx = self.image.lps_to_index(region.index_to_lps(corners))
+            lo = np.clip(np.floor(img_idx.min(axis=0)).astype(int), 0, shape)
+            hi = np.clip(np.ceil(img_idx.max(axis=0)).astype(int) + 1, 0, shape)
+            if np.all(hi > lo):
+                boxes[key] = (lo, hi)
+        if not boxes:
+            res = OrganResult.empty(organ, self.image.shape)
+            res.n_clicks, res.n_regions = len(state.clicks), len(state.regions)
+            return res
+        lo = np.min([b[0] for b in boxes.values()], axis=0)
+        hi = np.max([b[1] for b in boxes.values()], axis=0)
+        crop = tuple(int(n) for n in hi - lo)
+        bbox = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+        if len(boxes) == 1:
+            (key,) = boxes
+            logits, agreement = self._paste(key, state, lo, crop)
+        else:
+            logit_sum = torch.zeros(crop)
+            agree_sum = torch.zeros(crop)
+            weight_sum = torch.zeros(crop)
+            for key in boxes:
+                region = self._region_at(key)
+                m, t = region.region_to_image(self.image)
+                t = t + m @ lo
+                w = resample_affine(self._blend_weight, m, t, crop, fill=0.0)
+                lg, ag = self._paste(key, state, lo, crop)
+                logit_sum += w * lg
+                agree_sum += w * ag
+                weight_sum += w
+            covered = weight_sum > 0
+            safe = weight_sum.clamp(min=1e-6)
+            logits = torch.where(covered, logit_sum / safe, torch.tensor(_BACKGROUND_LOGIT))
+            agreement = torch.where(covered, agree_sum / safe, torch.tensor(1.0))
+        prob = torch.sigmoid(logits).numpy().astype(np.float32, copy=False)
+        conf = agreement.numpy().astype(np.float32, copy=False)
+        scores = [state.scores[k] for k in state.regions if k in state.scores]
+        source = (
+            "confidence-module"
+            if getattr(self.model, "confidence_module", None) is not None
+            else "perturbation"
+        )
+        return OrganResult(
+            name=organ,
+            image_shape=self.image.shape,
+            bbox=bbox,  # type: ignore[arg-type]
+            probability=prob,
+            confidence_map=conf,
+            confidence=float(np.mean(scores)) if scores else 0.0,
+            confidence_source=source,
+            n_clicks=len(state.clicks),
+            n_regions=len(state.regions),
+        )
+
+    def _paste(self, key: int, state: _OrganState, lo: np.ndarray, crop: tuple[int, int, int]):
+        region = self._region_at(key)
+        m, t = region.region_to_image(self.image)
+        t = t + m @ lo
+        logits = resample_affine(state.logits[key], m, t, crop, fill=_BACKGROUND_LOGIT)
+        agreement = resample_affine(state.agreement[key], m, t, crop, fill=1.0)
+        return logits, agreement
