@@ -42,7 +42,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             n_clicks=args.clicks,
             seed=args.seed,
             progress=progress,
-            nsd_tolerance_mm=args.nsd_tolerance,
+            tolerance_mm=args.nsd_tolerance,
         )
     info = model_info(model)
     report["model"] = {k: info.get(k) for k in ("name", "config", "source", "trained") if k in info}
