@@ -128,7 +128,7 @@ def test_large_organ_grows_into_overlapping_regions():
 def test_confidence_map_and_score():
     vol = _volume(**GRIDS["axis-aligned LPS"])
     session = InteractiveSession(
-        BallModel(radius=6), vol, SessionConfig(confidence_runs=4, perturb_sigma=2.0)
+        BallModel(radius=12), vol, SessionConfig(confidence_runs=4, perturb_sigma=2.0)
     )
     res = session.add_click("a", (45, 40, 25))
     conf = res.full_confidence_map()

@@ -29,22 +29,18 @@ def axis_permutation(m: np.ndarray, tol: float = 1e-6) -> list[int] | None:
     return [int(np.flatnonzero(nz[a])[0]) for a in range(3)]
 
 
-def _interp_axis(x: torch.Tensor, axis: int, coords: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Linear interpolation of ``x`` along ``axis`` at fractional ``coords`` (1D); invalid → 0 weight."""
-    n = x.shape[axis]
-    c = coords.clamp(0, n - 1)
-    i0 = torch.floor(c).long().clamp(max=max(n - 2, 0))
-    w = (c - i0).to(x.dtype)
-    i1 = (i0 + 1).clamp(max=n - 1)
-    shape = [1] * x.ndim
-    shape[axis] = -1
-    w = w.view(shape)
-    a = x.index_select(axis, i0)
-    b = x.index_select(axis, i1)
-    out = torch.lerp(a, b, w)
-    if not bool(valid.all()):
-        out = out * valid.to(x.dtype).view(shape)
-    return out
+def _interp_matrix(n_src: int, coords: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    """Dense ``(len(coords), n_src)`` linear-interpolation matrix; rows of outside coordinates are 0."""
+    c = np.clip(coords, 0, n_src - 1)
+    i0 = np.clip(np.floor(c).astype(np.int64), 0, max(n_src - 2, 0))
+    w = c - i0
+    rows = np.arange(len(coords))
+    mat = np.zeros((len(coords), n_src), dtype=np.float64)
+    mat[rows, i0] += 1.0 - w
+    mat[rows, np.minimum(i0 + 1, n_src - 1)] += w
+    valid = (coords >= -1e-6) & (coords <= n_src - 1 + 1e-6)
+    mat[~valid] = 0.0
+    return torch.from_numpy(mat).to(dtype)
 
 
 def resample_affine(
@@ -71,24 +67,22 @@ def resample_affine(
     src_shape = np.array(src.shape)
     perm = axis_permutation(m)
     if perm is not None:
-        # Source axis a follows output axis perm[a]: interpolate src along a at the coordinates
-        # of output axis perm[a], then reorder the axes to the output order.
-        x = src
-        inside = []
-        for a in range(3):
-            b = perm[a]
-            coords = t[a] + m[a, b] * np.arange(out_shape[b])
-            valid = (coords >= -1e-6) & (coords <= src_shape[a] - 1 + 1e-6)
-            inside.append(valid)
-            x = _interp_axis(x, a, torch.from_numpy(coords).to(src.dtype), torch.from_numpy(valid))
-        # x is indexed by (out axis perm[0], perm[1], perm[2]); bring to (0, 1, 2).
-        order = [perm.index(b) for b in range(3)]
-        out = x.permute(*order).contiguous()
+        # Source axis a follows output axis perm[a]: one small interpolation matrix per axis, applied
+        # as matrix products (BLAS), then the axes are reordered to the output order. Interpolating
+        # (src - fill) and adding fill back makes every outside voxel exactly ``fill``.
+        dtype = src.dtype if src.is_floating_point() else torch.float32
+        n = [int(v) for v in src_shape]
+        o = [out_shape[perm[a]] for a in range(3)]  # output length along each source axis
+        mats = [_interp_matrix(n[a], t[a] + m[a, perm[a]] * np.arange(o[a]), dtype) for a in range(3)]
+        x = src.to(dtype)
         if fill != 0.0:
-            v = [torch.from_numpy(inside[perm.index(b)]) for b in range(3)]
-            mask = v[0][:, None, None] & v[1][None, :, None] & v[2][None, None, :]
-            out = torch.where(mask, out, torch.as_tensor(fill, dtype=out.dtype))
-        return out
+            x = x - fill
+        x = torch.mm(mats[0], x.reshape(n[0], -1)).reshape(o[0], n[1], n[2])
+        x = torch.matmul(mats[1], x)  # (o0, o1, n2)
+        x = torch.addmm(torch.tensor([fill], dtype=dtype), x.reshape(-1, n[2]), mats[2].T)
+        x = x.reshape(o[0], o[1], o[2])
+        order = [perm.index(b) for b in range(3)]
+        return x if order == [0, 1, 2] else x.permute(*order).contiguous()
     return _resample_grid_sample(src, m, t, out_shape, fill)
 
 

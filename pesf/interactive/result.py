@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,8 +21,7 @@ class OrganResult:
         name: organ name.
         image_shape: shape ``(I, J, K)`` of the input image.
         bbox: three slices into the input grid; empty slices when nothing is segmented.
-        probability: float32 crop, foreground probability.
-        confidence_map: float32 crop, per-voxel agreement of decoder runs with perturbed clicks (0..1).
+        logits: float32 crop, foreground logits (probability = sigmoid(logits)).
         confidence: organ-level score (predicted Dice from the confidence module when the model has one,
             else the mean agreement of perturbed runs with the main mask).
         confidence_source: ``"confidence-module"`` or ``"perturbation"``.
@@ -34,23 +34,45 @@ class OrganResult:
     name: str
     image_shape: tuple[int, int, int]
     bbox: tuple[slice, slice, slice]
-    probability: np.ndarray
-    confidence_map: np.ndarray
+    logits: np.ndarray
+    confidence_map_fn: Callable[[], np.ndarray] | None = field(default=None, repr=False)
     confidence: float = 0.0
     confidence_source: str = "perturbation"
     n_clicks: int = 0
     n_regions: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    _mask: np.ndarray | None = field(default=None, init=False, repr=False)
+    _confidence_map: np.ndarray | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def empty(cls, name: str, image_shape: tuple[int, int, int]) -> OrganResult:
         zero = (slice(0, 0),) * 3
-        return cls(name, image_shape, zero, np.zeros((0, 0, 0), np.float32), np.ones((0, 0, 0), np.float32))
+        return cls(name, image_shape, zero, np.zeros((0, 0, 0), np.float32))
 
     @property
     def mask(self) -> np.ndarray:
         """Boolean crop: probability above 0.5."""
-        return self.probability > 0.5
+        if self._mask is None:
+            self._mask = self.logits > 0
+        return self._mask
+
+    @property
+    def probability(self) -> np.ndarray:
+        """Float32 crop: foreground probability."""
+        return (1.0 / (1.0 + np.exp(-self.logits))).astype(np.float32, copy=False)
+
+    @property
+    def confidence_map(self) -> np.ndarray:
+        """Float32 crop: per-voxel agreement of decoder runs with perturbed clicks (0..1).
+
+        Pasted onto the input grid on first use (the mask does not wait for it).
+        """
+        if self._confidence_map is None:
+            if self.confidence_map_fn is None:
+                self._confidence_map = np.ones(self.logits.shape, np.float32)
+            else:
+                self._confidence_map = self.confidence_map_fn()
+        return self._confidence_map
 
     @property
     def voxel_count(self) -> int:
@@ -62,7 +84,8 @@ class OrganResult:
 
     def _full(self, crop: np.ndarray, fill: float | bool, dtype: type) -> np.ndarray:
         out = np.full(self.image_shape, fill, dtype=dtype)
-        out[self.bbox] = crop
+        if crop.size:
+            out[self.bbox] = crop
         return out
 
     def full_mask(self) -> np.ndarray:

@@ -81,7 +81,7 @@ class _OrganState:
     auto_points: dict[int, list[_Click]] = field(default_factory=dict)
     low_res: dict[int, torch.Tensor] = field(default_factory=dict)  # (1, 1, s/4, s/4, s/4) logits
     logits: dict[int, torch.Tensor] = field(default_factory=dict)  # (s, s, s) logits
-    agreement: dict[int, torch.Tensor] = field(default_factory=dict)  # (s, s, s) in 0..1
+    agreement: dict[int, torch.Tensor] = field(default_factory=dict)  # (s/4, s/4, s/4) in 0..1
     scores: dict[int, float] = field(default_factory=dict)
     result: OrganResult | None = None
     history: list[_OrganState] = field(default_factory=list)
@@ -211,15 +211,15 @@ class InteractiveSession:
         """
         dtype = np.uint8 if max(values.values(), default=0) <= 255 else np.uint16
         out = np.zeros(self.image.shape, dtype=dtype)
-        best = np.zeros(self.image.shape, dtype=np.float32)
+        best = np.zeros(self.image.shape, dtype=np.float32)  # best logit so far (0 = probability 0.5)
         for organ, value in values.items():
             res = self.result(organ)
-            if res.probability.size == 0:
+            if res.logits.size == 0:
                 continue
             sub_best = best[res.bbox]
-            take = res.mask & (res.probability > sub_best)
+            take = res.mask & (res.logits > sub_best)
             out[res.bbox][take] = value
-            sub_best[take] = res.probability[take]
+            sub_best[take] = res.logits[take]
         return out
 
     # ------------------------------------------------------------------ regions
@@ -322,26 +322,28 @@ class InteractiveSession:
             dense_prompt_embeddings=dense,
             multimask_output=False,
         )
-        low_res = low_res[:, :1].float()
-        up = F.interpolate(low_res, size=(region.size,) * 3, mode="trilinear", align_corners=False)[:, 0]
-        up = up.cpu()
-        main = up[0] > 0
+        low_res = low_res[:, :1].float().cpu()
+        up = F.interpolate(low_res[:1], size=(region.size,) * 3, mode="trilinear", align_corners=False)[0, 0]
         if runs > 1:
-            agree = ((up[1:] > 0) == main[None]).float().mean(dim=0)
-            inter = ((up[1:] > 0) & main[None]).flatten(1).sum(1).float()
-            union = ((up[1:] > 0) | main[None]).flatten(1).sum(1).float()
+            # agreement of the perturbed runs with the main run, at the decoder's resolution; it is
+            # upsampled with the logits when the confidence map is pasted onto the input grid
+            main = low_res[0, 0] > 0
+            others = low_res[1:, 0] > 0
+            agree = (others == main[None]).float().mean(dim=0)
+            inter = (others & main[None]).flatten(1).sum(1).float()
+            union = (others | main[None]).flatten(1).sum(1).float()
             stability = float(
                 torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union)).mean()
             )
         else:
-            agree = torch.ones_like(up[0])
+            agree = torch.ones(low_res.shape[2:])
             stability = 1.0
         score = stability
         conf_module = getattr(self.model, "confidence_module", None)
         if conf_module is not None:
             score = float(conf_module(region.embedding, low_res[:1]).reshape(-1)[0])
         state.low_res[key] = low_res[:1].detach()
-        state.logits[key] = torch.where(region.inside, up[0], torch.tensor(_BACKGROUND_LOGIT))
+        state.logits[key] = torch.where(region.inside, up, torch.tensor(_BACKGROUND_LOGIT))
         state.agreement[key] = agree
         state.scores[key] = score
         timings["decode_s"] += time.perf_counter() - t0
@@ -434,28 +436,8 @@ class InteractiveSession:
         hi = np.max([b[1] for b in boxes.values()], axis=0)
         crop = tuple(int(n) for n in hi - lo)
         bbox = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
-        if len(boxes) == 1:
-            (key,) = boxes
-            logits, agreement = self._paste(key, state, lo, crop)
-        else:
-            logit_sum = torch.zeros(crop)
-            agree_sum = torch.zeros(crop)
-            weight_sum = torch.zeros(crop)
-            for key in boxes:
-                region = self._region_at(key)
-                m, t = region.region_to_image(self.image)
-                t = t + m @ lo
-                w = resample_affine(self._blend_weight, m, t, crop, fill=0.0)
-                lg, ag = self._paste(key, state, lo, crop)
-                logit_sum += w * lg
-                agree_sum += w * ag
-                weight_sum += w
-            covered = weight_sum > 0
-            safe = weight_sum.clamp(min=1e-6)
-            logits = torch.where(covered, logit_sum / safe, torch.tensor(_BACKGROUND_LOGIT))
-            agreement = torch.where(covered, agree_sum / safe, torch.tensor(1.0))
-        prob = torch.sigmoid(logits).numpy().astype(np.float32, copy=False)
-        conf = agreement.numpy().astype(np.float32, copy=False)
+        keys = list(boxes)
+        logits = self._blend(keys, state, lo, crop, "logits", _BACKGROUND_LOGIT)
         scores = [state.scores[k] for k in state.regions if k in state.scores]
         source = (
             "confidence-module"
@@ -466,18 +448,49 @@ class InteractiveSession:
             name=organ,
             image_shape=self.image.shape,
             bbox=bbox,  # type: ignore[arg-type]
-            probability=prob,
-            confidence_map=conf,
+            logits=logits.numpy(),
+            confidence_map_fn=lambda: self._blend(keys, state, lo, crop, "agreement", 1.0).numpy(),
             confidence=float(np.mean(scores)) if scores else 0.0,
             confidence_source=source,
             n_clicks=len(state.clicks),
             n_regions=len(state.regions),
         )
 
-    def _paste(self, key: int, state: _OrganState, lo: np.ndarray, crop: tuple[int, int, int]):
+    def _blend(
+        self,
+        keys: list[int],
+        state: _OrganState,
+        lo: np.ndarray,
+        crop: tuple[int, int, int],
+        what: str,
+        fill: float,
+    ) -> torch.Tensor:
+        """Paste one per-region map (``logits`` or ``agreement``) of several regions onto the crop.
+
+        Overlapping regions are blended with weights that fall off towards each region's border.
+        """
+        if len(keys) == 1:
+            return self._paste(keys[0], state, lo, crop, what, fill)
+        value_sum = torch.zeros(crop)
+        weight_sum = torch.zeros(crop)
+        for key in keys:
+            region = self._region_at(key)
+            m, t = region.region_to_image(self.image)
+            w = resample_affine(self._blend_weight, m, t + m @ lo, crop, fill=0.0)
+            value_sum += w * self._paste(key, state, lo, crop, what, fill)
+            weight_sum += w
+        covered = weight_sum > 0
+        return torch.where(covered, value_sum / weight_sum.clamp(min=1e-6), torch.tensor(fill))
+
+    def _paste(
+        self, key: int, state: _OrganState, lo: np.ndarray, crop: tuple[int, int, int], what: str, fill: float
+    ) -> torch.Tensor:
+        """Resample one region's map onto the crop starting at input index ``lo``."""
         region = self._region_at(key)
         m, t = region.region_to_image(self.image)
         t = t + m @ lo
-        logits = resample_affine(state.logits[key], m, t, crop, fill=_BACKGROUND_LOGIT)
-        agreement = resample_affine(state.agreement[key], m, t, crop, fill=1.0)
-        return logits, agreement
+        src = getattr(state, what)[key]
+        if src.shape[0] != region.size:  # low-resolution map: index c covers region voxels 4c..4c+3
+            f = region.size / src.shape[0]
+            m, t = m / f, (t + 0.5) / f - 0.5
+        return resample_affine(src, m, t, crop, fill=fill)
