@@ -50,23 +50,38 @@ def main() -> None:
     print(f"config {args.config}, image {image.shape} at {image.spacing.tolist()} mm, threads {args.threads}")
 
     InteractiveSession(model, image, cfg).add_click("warmup", (300, 230, 150))  # warm up kernels
-    first, nxt, paste, decode = [], [], [], []
+    first, nxt, paste, decode, conf, conf_map = [], [], [], [], [], []
+    first_parts: dict[str, list[float]] = {}
     for r in range(args.repeats):
         session = InteractiveSession(model, image, cfg)
         t0 = time.perf_counter()
         res = session.add_click("organ", (300 + r, 230, 150))
         first.append(time.perf_counter() - t0)
+        for k, v in res.timings.items():
+            first_parts.setdefault(k, []).append(v)
         for dx in (5, -5, 10):
             t0 = time.perf_counter()
             res = session.add_click("organ", (300 + dx, 232, 150), positive=dx != 10)
             nxt.append(time.perf_counter() - t0)
             paste.append(res.timings["paste_s"])
             decode.append(res.timings["decode_s"])
+            t0 = time.perf_counter()
+            _ = res.confidence
+            conf.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            _ = res.confidence_map
+            conf_map.append(time.perf_counter() - t0)
     med = statistics.median
     print(f"first click (preprocess+encode+decode+paste): {med(first) * 1000:8.1f} ms   (goal < 1000 ms)")
+    for k in ("preprocess_s", "encode_s", "decode_s", "paste_s"):
+        print(f"  of which {k[:-2]:<36}{med(first_parts[k]) * 1000:8.1f} ms")
     print(f"next click in cached region:                  {med(nxt) * 1000:8.1f} ms   (goal < 150 ms)")
-    print(f"  of which decoder ({1 + cfg.confidence_runs} runs batched):        {med(decode) * 1000:8.1f} ms")
+    print(f"  of which decoder:                           {med(decode) * 1000:8.1f} ms")
     print(f"  of which paste-back onto 512x512x300:       {med(paste) * 1000:8.1f} ms")
+    print(
+        f"organ confidence on first use ({cfg.confidence_runs} perturbed decoder runs): "
+        f"{med(conf) * 1000:.1f} ms; voxel confidence map pasted on first use: {med(conf_map) * 1000:.1f} ms"
+    )
     print(f"  organ crop pasted: {res.probability.shape}")
     print(f"peak memory (max RSS): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 

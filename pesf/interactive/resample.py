@@ -29,8 +29,8 @@ def axis_permutation(m: np.ndarray, tol: float = 1e-6) -> list[int] | None:
     return [int(np.flatnonzero(nz[a])[0]) for a in range(3)]
 
 
-def _interp_matrix(n_src: int, coords: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
-    """Dense ``(len(coords), n_src)`` linear-interpolation matrix; rows of outside coordinates are 0."""
+def _interp_matrix(n_src: int, coords: np.ndarray, valid: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    """Dense ``(len(coords), n_src)`` linear-interpolation matrix; rows where ``valid`` is False are 0."""
     c = np.clip(coords, 0, n_src - 1)
     i0 = np.clip(np.floor(c).astype(np.int64), 0, max(n_src - 2, 0))
     w = c - i0
@@ -38,7 +38,6 @@ def _interp_matrix(n_src: int, coords: np.ndarray, dtype: torch.dtype) -> torch.
     mat = np.zeros((len(coords), n_src), dtype=np.float64)
     mat[rows, i0] += 1.0 - w
     mat[rows, np.minimum(i0 + 1, n_src - 1)] += w
-    valid = (coords >= -1e-6) & (coords <= n_src - 1 + 1e-6)
     mat[~valid] = 0.0
     return torch.from_numpy(mat).to(dtype)
 
@@ -71,12 +70,27 @@ def resample_affine(
         # as matrix products (BLAS), then the axes are reordered to the output order. Interpolating
         # (src - fill) and adding fill back makes every outside voxel exactly ``fill``.
         dtype = src.dtype if src.is_floating_point() else torch.float32
-        n = [int(v) for v in src_shape]
         o = [out_shape[perm[a]] for a in range(3)]  # output length along each source axis
-        mats = [_interp_matrix(n[a], t[a] + m[a, perm[a]] * np.arange(o[a]), dtype) for a in range(3)]
-        x = src.to(dtype)
-        if fill != 0.0:
-            x = x - fill
+        coords = [t[a] + m[a, perm[a]] * np.arange(o[a]) for a in range(3)]
+        valid = [(c >= -1e-6) & (c <= n - 1 + 1e-6) for c, n in zip(coords, src_shape, strict=True)]
+        if not all(v.any() for v in valid):
+            return torch.full(out_shape, fill, dtype=dtype)
+        # only the source voxels that some output voxel reads
+        lo = [
+            int(np.clip(np.floor(c[v].min()), 0, n - 1))
+            for c, v, n in zip(coords, valid, src_shape, strict=True)
+        ]
+        hi = [
+            int(np.clip(np.floor(c[v].max()) + 2, 1, n))
+            for c, v, n in zip(coords, valid, src_shape, strict=True)
+        ]
+        n = [b - a for a, b in zip(lo, hi, strict=True)]
+        if np.prod(n, dtype=np.float64) > np.prod(out_shape, dtype=np.float64):
+            # downsampling a large source: gathering 8 neighbours per output voxel is cheaper
+            return _resample_grid_sample(src, m, t, out_shape, fill)
+        mats = [_interp_matrix(n[a], coords[a] - lo[a], valid[a], dtype) for a in range(3)]
+        x = src[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]].to(dtype)
+        x = x - fill if fill != 0.0 else x.contiguous()
         x = torch.mm(mats[0], x.reshape(n[0], -1)).reshape(o[0], n[1], n[2])
         x = torch.matmul(mats[1], x)  # (o0, o1, n2)
         x = torch.addmm(torch.tensor([fill], dtype=dtype), x.reshape(-1, n[2]), mats[2].T)
@@ -98,9 +112,11 @@ def _resample_grid_sample(
     rev = np.eye(3)[::-1]  # grid_sample's (x, y, z) are the last, middle and first tensor axes
     theta = np.concatenate([rev @ a @ rev, (rev @ b)[:, None]], axis=1)
     grid = F.affine_grid(torch.from_numpy(theta).to(dtype)[None], [1, 1, *out_shape], align_corners=True)
-    shifted = src.to(dtype)[None, None] - fill
-    out = F.grid_sample(shifted, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-    return (out[0, 0] + fill).to(src.dtype)
+    shifted = src.to(dtype)[None, None]
+    if fill != 0.0:
+        shifted = shifted - fill
+    out = F.grid_sample(shifted, grid, mode="bilinear", padding_mode="zeros", align_corners=True)[0, 0]
+    return (out + fill if fill != 0.0 else out).to(src.dtype)
 
 
 def inside_mask(

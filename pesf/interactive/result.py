@@ -22,8 +22,8 @@ class OrganResult:
         image_shape: shape ``(I, J, K)`` of the input image.
         bbox: three slices into the input grid; empty slices when nothing is segmented.
         logits: float32 crop, foreground logits (probability = sigmoid(logits)).
-        confidence: organ-level score (predicted Dice from the confidence module when the model has one,
-            else the mean agreement of perturbed runs with the main mask).
+        confidence: organ-level score, computed on first use (predicted Dice from the confidence module
+            when the model has one, else the mean overlap of perturbed runs with the main mask).
         confidence_source: ``"confidence-module"`` or ``"perturbation"``.
         n_clicks: clicks given for this organ so far.
         n_regions: regions of interest that make up the organ.
@@ -36,12 +36,13 @@ class OrganResult:
     bbox: tuple[slice, slice, slice]
     logits: np.ndarray
     confidence_map_fn: Callable[[], np.ndarray] | None = field(default=None, repr=False)
-    confidence: float = 0.0
+    confidence_fn: Callable[[], float] | None = field(default=None, repr=False)
     confidence_source: str = "perturbation"
     n_clicks: int = 0
     n_regions: int = 0
     timings: dict[str, float] = field(default_factory=dict)
     _mask: np.ndarray | None = field(default=None, init=False, repr=False)
+    _confidence: float | None = field(default=None, init=False, repr=False)
     _confidence_map: np.ndarray | None = field(default=None, init=False, repr=False)
 
     @classmethod
@@ -55,6 +56,13 @@ class OrganResult:
         if self._mask is None:
             self._mask = self.logits > 0
         return self._mask
+
+    @property
+    def confidence(self) -> float:
+        """Organ-level score (0..1); computed on first use, so the mask does not wait for it."""
+        if self._confidence is None:
+            self._confidence = float(self.confidence_fn()) if self.confidence_fn is not None else 0.0
+        return self._confidence
 
     @property
     def probability(self) -> np.ndarray:

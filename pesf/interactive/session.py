@@ -83,6 +83,7 @@ class _OrganState:
     logits: dict[int, torch.Tensor] = field(default_factory=dict)  # (s, s, s) logits
     agreement: dict[int, torch.Tensor] = field(default_factory=dict)  # (s/4, s/4, s/4) in 0..1
     scores: dict[int, float] = field(default_factory=dict)
+    pending: dict[int, tuple] = field(default_factory=dict)  # decodes whose confidence is not computed yet
     result: OrganResult | None = None
     history: list[_OrganState] = field(default_factory=list)
 
@@ -91,7 +92,7 @@ class _OrganState:
         snap.clicks = list(self.clicks)
         snap.regions = list(self.regions)
         snap.auto_points = {k: list(v) for k, v in self.auto_points.items()}
-        for name in ("low_res", "logits", "agreement", "scores"):
+        for name in ("low_res", "logits", "agreement", "scores", "pending"):
             setattr(snap, name, dict(getattr(self, name)))
         snap.history = []
         return snap
@@ -291,62 +292,82 @@ class InteractiveSession:
         labels = np.array([1 if c.positive else 0 for c in clicks], dtype=np.int64)
         return coords, labels
 
-    @torch.inference_mode()
-    def _decode(self, state: _OrganState, key: int, timings: dict[str, float]) -> None:
-        region = self._region_at(key)
-        t0 = time.perf_counter()
-        coords, labels = self._points_in(state, region)
-        runs = 1 + max(0, self.config.confidence_runs)
-        batch_coords = np.repeat(coords[None], runs, axis=0)
-        if runs > 1:
-            noise = self._rng.normal(0.0, self.config.perturb_sigma, size=batch_coords[1:].shape)
-            batch_coords[1:] = np.clip(batch_coords[1:] + noise, 0, region.size - 1)
-        s4 = region.size // 4
-        prev = state.low_res.get(key)
-        if prev is None:
-            prev = torch.zeros(1, 1, s4, s4, s4, device=self.device)
+    def _run_decoder(
+        self, region: Region, coords: np.ndarray, labels: np.ndarray, prev: torch.Tensor
+    ) -> torch.Tensor:
+        """Prompt encoder + mask decoder for a batch of click sets ``coords (B, N, 3)``, ``labels (N,)``.
+
+        Returns:
+            Low-resolution logits ``(B, 1, s/4, s/4, s/4)`` on the CPU.
+        """
+        runs = coords.shape[0]
         pe = self.model.prompt_encoder
         sparse, dense = pe(
             points=(
-                torch.from_numpy(batch_coords).to(self.device),
+                torch.from_numpy(np.ascontiguousarray(coords, dtype=np.float32)).to(self.device),
                 torch.from_numpy(np.repeat(labels[None], runs, axis=0)).to(self.device),
             ),
             boxes=None,
-            masks=prev.expand(runs, -1, -1, -1, -1),
+            masks=prev.to(self.device).expand(runs, -1, -1, -1, -1),
         )
-        embedding = region.embedding.expand(runs, -1, -1, -1, -1)
         low_res, _ = self.model.mask_decoder(
-            image_embeddings=embedding,
+            image_embeddings=region.embedding.expand(runs, -1, -1, -1, -1),
             image_pe=pe.get_dense_pe(),
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=False,
         )
-        low_res = low_res[:, :1].float().cpu()
-        up = F.interpolate(low_res[:1], size=(region.size,) * 3, mode="trilinear", align_corners=False)[0, 0]
-        if runs > 1:
-            # agreement of the perturbed runs with the main run, at the decoder's resolution; it is
-            # upsampled with the logits when the confidence map is pasted onto the input grid
-            main = low_res[0, 0] > 0
-            others = low_res[1:, 0] > 0
+        return low_res[:, :1].float().cpu()
+
+    @torch.inference_mode()
+    def _decode(self, state: _OrganState, key: int, timings: dict[str, float]) -> None:
+        """Decode the organ in one region with all its clicks there and its previous mask."""
+        region = self._region_at(key)
+        t0 = time.perf_counter()
+        coords, labels = self._points_in(state, region)
+        s4 = region.size // 4
+        prev = state.low_res.get(key)
+        if prev is None:
+            prev = torch.zeros(1, 1, s4, s4, s4)
+        low_res = self._run_decoder(region, coords[None], labels, prev)
+        up = F.interpolate(low_res, size=(region.size,) * 3, mode="trilinear", align_corners=False)[0, 0]
+        state.low_res[key] = low_res
+        state.logits[key] = torch.where(region.inside, up, torch.tensor(_BACKGROUND_LOGIT))
+        # the confidence of this decode is computed when first asked for (see _confidence)
+        state.pending[key] = (coords, labels, prev, low_res)
+        state.agreement.pop(key, None)
+        state.scores.pop(key, None)
+        timings["decode_s"] += time.perf_counter() - t0
+
+    @torch.inference_mode()
+    def _confidence(self, key: int, pending: tuple) -> tuple[torch.Tensor, float]:
+        """Voxel agreement (decoder resolution) and organ score for one decode of one region.
+
+        The decoder runs again, in one batch, with ``confidence_runs`` randomly perturbed copies of the
+        clicks (cheap: the image embedding is cached). The agreement of their masks with the main mask
+        is the voxel confidence; their mean overlap (IoU) with it is the score, unless the model has a
+        confidence module, whose predicted Dice is used instead.
+        """
+        coords, labels, prev, low_res = pending
+        region = self._region_at(key)
+        runs = max(0, self.config.confidence_runs)
+        main = low_res[0, 0] > 0
+        if runs and len(coords):
+            batch = np.repeat(coords[None], runs, axis=0)
+            batch = batch + self._rng.normal(0.0, self.config.perturb_sigma, size=batch.shape)
+            batch = np.clip(batch, 0, region.size - 1)
+            others = self._run_decoder(region, batch, labels, prev)[:, 0] > 0
             agree = (others == main[None]).float().mean(dim=0)
             inter = (others & main[None]).flatten(1).sum(1).float()
             union = (others | main[None]).flatten(1).sum(1).float()
-            stability = float(
-                torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union)).mean()
-            )
+            score = float(torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union)).mean())
         else:
-            agree = torch.ones(low_res.shape[2:])
-            stability = 1.0
-        score = stability
+            agree = torch.ones(main.shape)
+            score = 1.0
         conf_module = getattr(self.model, "confidence_module", None)
         if conf_module is not None:
-            score = float(conf_module(region.embedding, low_res[:1]).reshape(-1)[0])
-        state.low_res[key] = low_res[:1].detach()
-        state.logits[key] = torch.where(region.inside, up, torch.tensor(_BACKGROUND_LOGIT))
-        state.agreement[key] = agree
-        state.scores[key] = score
-        timings["decode_s"] += time.perf_counter() - t0
+            score = float(conf_module(region.embedding, low_res).reshape(-1)[0])
+        return agree, score
 
     def _grow(self, state: _OrganState, start: int, timings: dict[str, float]) -> None:
         """Extend the organ into neighbour regions where its mask reaches a region's border."""
@@ -437,59 +458,79 @@ class InteractiveSession:
         crop = tuple(int(n) for n in hi - lo)
         bbox = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
         keys = list(boxes)
-        logits = self._blend(keys, state, lo, crop, "logits", _BACKGROUND_LOGIT)
-        scores = [state.scores[k] for k in state.regions if k in state.scores]
-        source = (
-            "confidence-module"
-            if getattr(self.model, "confidence_module", None) is not None
-            else "perturbation"
-        )
+        logits = self._blend(keys, state.logits, lo, crop, _BACKGROUND_LOGIT)
+        has_module = getattr(self.model, "confidence_module", None) is not None
+        ensure = self._confidence_closure(state)
+
+        def confidence_map() -> np.ndarray:
+            agreement, _ = ensure()
+            return self._blend(keys, agreement, lo, crop, 1.0).numpy()
+
         return OrganResult(
             name=organ,
             image_shape=self.image.shape,
             bbox=bbox,  # type: ignore[arg-type]
             logits=logits.numpy(),
-            confidence_map_fn=lambda: self._blend(keys, state, lo, crop, "agreement", 1.0).numpy(),
-            confidence=float(np.mean(scores)) if scores else 0.0,
-            confidence_source=source,
+            confidence_map_fn=confidence_map,
+            confidence_fn=lambda: float(np.mean(list(ensure()[1].values()))),
+            confidence_source="confidence-module" if has_module else "perturbation",
             n_clicks=len(state.clicks),
             n_regions=len(state.regions),
         )
 
+    def _confidence_closure(self, state: _OrganState):
+        """A function computing (once) the agreement maps and scores of the organ's current decodes.
+
+        It captures the decodes as they are now, so a result keeps its own confidence after more clicks;
+        what it computes is also stored in the organ's state while that still holds the same decodes.
+        """
+        agreement = {k: state.agreement[k] for k in state.regions if k in state.agreement}
+        scores = {k: state.scores[k] for k in state.regions if k in state.scores}
+        pending = {k: state.pending[k] for k in state.regions if k in state.pending}
+
+        def ensure() -> tuple[dict[int, torch.Tensor], dict[int, float]]:
+            for key in list(pending):
+                item = pending.pop(key)
+                agreement[key], scores[key] = self._confidence(key, item)
+                if state.pending.get(key) is item:
+                    state.agreement[key], state.scores[key] = agreement[key], scores[key]
+                    del state.pending[key]
+            return agreement, scores
+
+        return ensure
+
     def _blend(
         self,
         keys: list[int],
-        state: _OrganState,
+        maps: dict[int, torch.Tensor],
         lo: np.ndarray,
         crop: tuple[int, int, int],
-        what: str,
         fill: float,
     ) -> torch.Tensor:
-        """Paste one per-region map (``logits`` or ``agreement``) of several regions onto the crop.
+        """Paste a per-region map (logits or agreement) of several regions onto the crop.
 
         Overlapping regions are blended with weights that fall off towards each region's border.
         """
         if len(keys) == 1:
-            return self._paste(keys[0], state, lo, crop, what, fill)
+            return self._paste(keys[0], maps[keys[0]], lo, crop, fill)
         value_sum = torch.zeros(crop)
         weight_sum = torch.zeros(crop)
         for key in keys:
             region = self._region_at(key)
             m, t = region.region_to_image(self.image)
             w = resample_affine(self._blend_weight, m, t + m @ lo, crop, fill=0.0)
-            value_sum += w * self._paste(key, state, lo, crop, what, fill)
+            value_sum += w * self._paste(key, maps[key], lo, crop, fill)
             weight_sum += w
         covered = weight_sum > 0
         return torch.where(covered, value_sum / weight_sum.clamp(min=1e-6), torch.tensor(fill))
 
     def _paste(
-        self, key: int, state: _OrganState, lo: np.ndarray, crop: tuple[int, int, int], what: str, fill: float
+        self, key: int, src: torch.Tensor, lo: np.ndarray, crop: tuple[int, int, int], fill: float
     ) -> torch.Tensor:
         """Resample one region's map onto the crop starting at input index ``lo``."""
         region = self._region_at(key)
         m, t = region.region_to_image(self.image)
         t = t + m @ lo
-        src = getattr(state, what)[key]
         if src.shape[0] != region.size:  # low-resolution map: index c covers region voxels 4c..4c+3
             f = region.size / src.shape[0]
             m, t = m / f, (t + 0.5) / f - 0.5
