@@ -38,7 +38,7 @@ class SampleFiles:
 
 @pytest.fixture(scope="session")
 def samples() -> SampleFiles:
-    """Paths of the sample data; skips the test if the sample data is not present."""
+    """Paths of the sample data (part of the repository; a missing file is an error)."""
     root = sample_data_dir()
     files = SampleFiles(
         root=root,
@@ -55,7 +55,7 @@ def samples() -> SampleFiles:
         ts_total_mr_labels=root / "totalsegmentator_total_mr_labels.json",
     )
     if not files.ct_image.is_file():
-        pytest.skip(f"sample data not found in {root}")
+        pytest.fail(f"sample data not found in {root}")
     return files
 
 
