@@ -56,7 +56,7 @@ def _measure(kernel_name: str, config: str, runs: int, threads: int, queue: Any)
             start = time.perf_counter()
             out = encoder(x)
             times.append(time.perf_counter() - start)
-    queue.put({"times": times, "baseline_mb": baseline, "peak_mb": _rss_mb(), "out": out.clone()})
+    queue.put({"times": times, "baseline_mb": baseline, "peak_mb": _rss_mb(), "out": out.numpy().copy()})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
 
     fast, padded = results["fast"], results["padded"]
     t_fast, t_padded = statistics.median(fast["times"]), statistics.median(padded["times"])
-    diff = float((fast["out"] - padded["out"]).abs().max() / padded["out"].abs().max())
+    diff = float(abs(fast["out"] - padded["out"]).max() / abs(padded["out"]).max())
     print(f"image encoder {args.config}, input (1, 1, 128, 128, 128), random weights")
     print(f"torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}")
     print(
