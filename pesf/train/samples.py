@@ -1,0 +1,568 @@
+"""Training samples: one organ of one case cut into a 128^3 region, as SAM-Med3D trains, with augmentation.
+
+A sample is the region the model would see at inference (:func:`pesf.interactive.roi.make_region`: a cube at
+1.5 mm in RAS orientation, z-normalised with the statistics of its voxels above 0), the organ's mask on that
+region (``target``) and the voxels whose label is trusted (``known``): inside the image, and not where a
+rejected or unannotated organ may lie, unless they belong to the sample's own organ.
+
+The region's centre is drawn inside the organ's bounding box so that the organ is not always centred but stays
+whole in the region; an organ larger than the region is centred on a random voxel of it instead.
+
+Augmentation stands in for more patients (the default model is trained on few). Geometry is applied when
+resampling, so the image, the target and the known mask are cut from the source with one and the same map:
+
+* spacing — a random region spacing (default 1.2–2.0 mm instead of 1.5): organs seen at other sizes;
+* orientation — random flips and 90° rotations of the region axes, and a small rotation about a random axis
+  (an oblique region direction, resampled through ``grid_sample``);
+* elastic — a smooth random displacement field (random offsets on a coarse 4^3 grid, upsampled trilinearly)
+  applied identically to image, target and known mask;
+* intensity — on the normalised image: random scale and shift, gamma, Gaussian noise.
+
+Each has a probability and a strength in :class:`AugmentConfig`. Clicks are simulated in region index
+coordinates with :class:`pesf.eval.clicks.ClickSimulator` (the same simulated user as the benchmarks).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pesf.errors import PesfError
+from pesf.eval.clicks import ClickSimulator
+from pesf.interactive.resample import axis_permutation, inside_mask, resample_affine
+from pesf.interactive.roi import ROI_DIRECTION, make_region, normalize_intensity
+from pesf.io.volume import Volume
+
+__all__ = [
+    "AugmentConfig",
+    "TrainingSample",
+    "prepare_sample",
+    "simulate_clicks",
+    "synthetic_target",
+    "synthetic_sample",
+]
+
+_MARGIN_VOXELS = 2  # the organ keeps this many region voxels from the region faces when it fits
+_UNKNOWN_THRESHOLD = 1e-3  # any partial overlap with an unknown organ makes a region voxel unknown
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Probabilities and strengths of the augmentations (region voxels and normalised intensities).
+
+    Defaults keep most samples close to what inference sees (RAS, 1.5 mm) while varying size, pose, shape and
+    contrast enough to stand in for more patients. :meth:`none` disables everything.
+    """
+
+    spacing_prob: float = 0.5
+    spacing_range: tuple[float, float] = (1.2, 2.0)  # mm, drawn log-uniformly
+    flip_prob: float = 0.2  # per region axis
+    rot90_prob: float = 0.2  # 90, 180 or 270 degrees about one random region axis
+    rotate_prob: float = 0.3
+    rotate_max_deg: float = 15.0  # about a random axis
+    elastic_prob: float = 0.3
+    elastic_grid: int = 4  # control points per side
+    elastic_std_voxels: float = 2.5  # standard deviation of the control-point offsets
+    scale_shift_prob: float = 0.5
+    scale_range: tuple[float, float] = (0.9, 1.1)
+    shift_range: tuple[float, float] = (-0.1, 0.1)
+    gamma_prob: float = 0.3
+    gamma_range: tuple[float, float] = (0.7, 1.5)
+    noise_prob: float = 0.2
+    noise_std_max: float = 0.1
+
+    @classmethod
+    def none(cls) -> AugmentConfig:
+        """A configuration with every probability 0."""
+        return cls(**{f.name: 0.0 for f in fields(cls) if f.name.endswith("_prob")})
+
+
+@dataclass
+class TrainingSample:
+    """One region with its organ.
+
+    Attributes:
+        image: normalised region ``(1, 1, S, S, S)`` float32.
+        target: organ mask ``(1, 1, S, S, S)`` float32 in ``{0, 1}``.
+        known: ``(1, 1, S, S, S)`` bool, True where the label is trusted.
+        organ: organ name.
+        case_id: case identifier.
+        spacing: region spacing in mm (the click simulator's spacing).
+        to_lps: 4x4 affine from region index to LPS mm (before any elastic displacement).
+        augmentations: names of the augmentations applied, for logs.
+    """
+
+    image: torch.Tensor
+    target: torch.Tensor
+    known: torch.Tensor
+    organ: str
+    case_id: str
+    spacing: float = 1.5
+    to_lps: np.ndarray = field(default_factory=lambda: np.eye(4))
+    augmentations: tuple[str, ...] = ()
+
+
+# ---------------------------------------------------------------------------------------------- geometry
+
+
+def _axis_rotation(axis: np.ndarray, angle: float) -> np.ndarray:
+    """Rotation matrix about unit ``axis`` by ``angle`` radians (Rodrigues)."""
+    x, y, z = axis / np.linalg.norm(axis)
+    k = np.array([[0.0, -z, y], [z, 0.0, -x], [-y, x, 0.0]])
+    return np.eye(3) + math.sin(angle) * k + (1.0 - math.cos(angle)) * (k @ k)
+
+
+def _random_pose(rng: np.random.Generator, cfg: AugmentConfig, applied: list[str]) -> np.ndarray:
+    """A random orthogonal matrix: columns are the region axes in the canonical (RAS) frame."""
+    pose = np.eye(3)
+    flips = rng.random(3) < cfg.flip_prob
+    if flips.any():
+        pose = pose @ np.diag(np.where(flips, -1.0, 1.0))
+        applied.append("flip")
+    if rng.random() < cfg.rot90_prob:
+        axis = np.eye(3)[rng.integers(3)]
+        pose = pose @ np.rint(_axis_rotation(axis, math.pi / 2 * int(rng.integers(1, 4))))
+        applied.append("rot90")
+    if rng.random() < cfg.rotate_prob:
+        axis = rng.normal(size=3)
+        angle = math.radians(rng.uniform(-cfg.rotate_max_deg, cfg.rotate_max_deg))
+        pose = pose @ _axis_rotation(axis, angle)
+        applied.append("rotate")
+    return pose
+
+
+@dataclass(frozen=True)
+class _RegionGrid:
+    """A region's voxel grid: voxel ``p`` lies at ``origin + direction @ (spacing * p)`` (LPS mm)."""
+
+    center: np.ndarray
+    direction: np.ndarray
+    spacing: float
+    size: int
+
+    @property
+    def origin(self) -> np.ndarray:
+        return self.center - self.direction @ np.full(3, self.spacing * (self.size // 2))
+
+    @property
+    def to_lps(self) -> np.ndarray:
+        m = np.eye(4)
+        m[:3, :3] = self.direction * self.spacing
+        m[:3, 3] = self.origin
+        return m
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.size, self.size, self.size)
+
+    def index_map(self, vol: Volume) -> tuple[np.ndarray, np.ndarray]:
+        """``(m, t)`` with ``vol`` index = ``m @ region_index + t``."""
+        a = np.linalg.inv(vol.direction * vol.spacing[None, :])
+        return a @ (self.direction * self.spacing), a @ (self.origin - vol.origin)
+
+
+def _footprint(
+    m: np.ndarray, t: np.ndarray, size: int, shape: tuple[int, ...], reach: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Index box ``[lo, hi)`` of the source voxels a region reads, with a margin that keeps cropping exact.
+
+    ``reach`` (region voxels) widens the box for points displaced from the region's voxel centres.
+    """
+    corners = np.array(list(itertools.product((0, size - 1), repeat=3)), dtype=np.float64)
+    c = corners @ m.T + t
+    pad = 1.0 + reach * np.abs(m).sum(axis=1)
+    shape_arr = np.asarray(shape)
+    lo = np.clip(np.floor(c.min(axis=0) - pad), 0, shape_arr - 1).astype(np.int64)
+    hi = np.clip(np.floor(c.max(axis=0) + pad) + 2, lo + 1, shape_arr).astype(np.int64)
+    return lo, hi
+
+
+def _crop(array: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> torch.Tensor:
+    part = array[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+    return torch.from_numpy(np.ascontiguousarray(part, dtype=np.float32))
+
+
+def _affine_sample(
+    vol: Volume, arrays: list[np.ndarray], grid: _RegionGrid
+) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Arrays on ``vol``'s grid resampled onto the region (trilinear, 0 outside), and two masks.
+
+    Returns:
+        ``(arrays, inside, valid)``: ``inside`` where the region voxel lies within the source grid's extent
+        (``-0.5 <= index <= n - 0.5``), ``valid`` where it reads source voxels only (``0 <= index <= n - 1``;
+        in the half-voxel ring between, :func:`resample_affine` reads the fill value, not the source).
+    """
+    m, t = grid.index_map(vol)
+    lo, hi = _footprint(m, t, grid.size, vol.shape)
+    n = tuple(int(v) for v in hi - lo)
+    out = [resample_affine(_crop(a, lo, hi), m, t - lo, grid.shape, fill=0.0) for a in arrays]
+    inside = inside_mask(m, t - lo, grid.shape, n)
+    valid = inside_mask(m, t - lo - 0.5, grid.shape, tuple(v - 1 for v in n))  # 0 <= index <= n - 1
+    return out, inside, valid
+
+
+def _warped_sample(
+    vol: Volume, arrays: list[np.ndarray], grid: _RegionGrid, disp: torch.Tensor | None
+) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Like :func:`_affine_sample` at region indices displaced by ``disp`` ``(S, S, S, 3)``, in one pass.
+
+    One ``grid_sample`` reads every array at the same points, so image and masks stay aligned whatever the
+    direction and displacement (points outside the source grid read 0).
+    """
+    m, t = grid.index_map(vol)
+    reach = 0.0 if disp is None else float(disp.abs().max())
+    lo, hi = _footprint(m, t, grid.size, vol.shape, reach)
+    crops = torch.stack([_crop(a, lo, hi) for a in arrays])[None]
+    n = (hi - lo).astype(np.float64)
+    # grid_sample reads normalised coordinates u = s * source_index - 1 (align_corners=True), ordered
+    # (x, y, z) = (last, middle, first) source axis: fold both into the affine map of region indices
+    scale = 2.0 / np.maximum(n - 1.0, 1.0)
+    rev = np.eye(3)[::-1]
+    a = rev @ (scale[:, None] * m)
+    b = rev @ (scale * (t - lo) - 1.0)
+    points = _index_grid(grid.size)
+    if disp is not None:
+        points = points + disp
+    norm = torch.addmm(
+        torch.from_numpy(b.astype(np.float32)),
+        points.reshape(-1, 3),
+        torch.from_numpy(a.T.astype(np.float32)),
+    ).reshape(points.shape)
+    out = F.grid_sample(crops, norm[None], mode="bilinear", padding_mode="zeros", align_corners=True)[0]
+    # inside the source grid's extent: -0.5 <= index <= n - 0.5 on every axis; valid (as resample_affine,
+    # which reads the fill value beyond the outermost voxel centres): 0 <= index <= n - 1
+    low, high = rev @ (-0.5 * scale - 1.0), rev @ ((n - 0.5) * scale - 1.0)
+    offset = norm.sub_(torch.from_numpy((0.5 * (low + high)).astype(np.float32))).abs_()
+    inside = (offset <= torch.from_numpy((0.5 * (high - low)).astype(np.float32))).all(dim=-1)
+    valid = (offset <= torch.from_numpy((rev @ (0.5 * (n - 1.0) * scale + 1e-5)).astype(np.float32))).all(-1)
+    return list((out * valid).unbind(0)), inside, valid
+
+
+@functools.lru_cache(maxsize=2)
+def _index_grid(size: int) -> torch.Tensor:
+    """Region voxel indices ``(S, S, S, 3)`` (cached: never modify it in place)."""
+    axis = torch.arange(size, dtype=torch.float32)
+    return torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1)
+
+
+def _choose_center(
+    label: Volume,
+    mask: np.ndarray,
+    direction: np.ndarray,
+    spacing: float,
+    size: int,
+    rng: np.random.Generator,
+    jitter: bool,
+) -> np.ndarray:
+    """LPS centre of the region, drawn inside the organ's box.
+
+    Along region axes where the organ fits (with a small margin), the centre keeps it whole. When the organ
+    is larger than the region along some axis, the centre is a random organ voxel (with ``jitter``; else the
+    organ voxel nearest the middle of its box), moved along those axes just enough to keep the region within
+    the organ's extent, so the region holds as much organ as it can.
+    """
+    nz = [np.flatnonzero(mask.any(axis=tuple(b for b in range(3) if b != a))) for a in range(3)]
+    lo = np.array([n[0] for n in nz], dtype=np.float64) - 0.5
+    hi = np.array([n[-1] for n in nz], dtype=np.float64) + 0.5
+    corners = np.array(list(itertools.product(*zip(lo, hi, strict=True))))
+    q = label.index_to_lps(corners) @ direction  # organ box corners in region-axis coordinates (mm)
+    q_lo, q_hi = q.min(axis=0), q.max(axis=0)
+    below = (size // 2 - _MARGIN_VOXELS) * spacing  # reach of the region before / after its centre
+    above = (size - 1 - size // 2 - _MARGIN_VOXELS) * spacing
+    low = np.maximum(q_lo, q_hi - above)
+    high = np.minimum(q_hi, q_lo + below)
+    fits = low <= high
+    if jitter:
+        center = low + rng.random(3) * np.maximum(high - low, 0.0)
+    else:
+        center = 0.5 * (q_lo + q_hi)
+    if not fits.all():
+        voxels = np.flatnonzero(mask)
+        if jitter:
+            pick = voxels[rng.integers(voxels.size)]
+        else:
+            ijk = np.stack(np.unravel_index(voxels, mask.shape), axis=1)
+            mid = label.lps_to_index(direction @ center)
+            pick = voxels[np.argmin(np.sum(((ijk - mid) * label.spacing) ** 2, axis=1))]
+        organ_q = (
+            label.index_to_lps(np.array(np.unravel_index(pick, mask.shape), dtype=np.float64)) @ direction
+        )
+        # along those axes, keep the region within the organ's extent: the organ voxel stays inside it
+        organ_q = np.clip(organ_q, q_lo + below, np.maximum(q_hi - above, q_lo + below))
+        center = np.where(fits, center, organ_q)
+    return direction @ center
+
+
+# ---------------------------------------------------------------------------------------------- augmentation
+
+
+def _elastic_field(rng: np.random.Generator, cfg: AugmentConfig, size: int) -> torch.Tensor:
+    """A smooth random displacement ``(S, S, S, 3)`` in region voxels: coarse random offsets, upsampled."""
+    g = max(int(cfg.elastic_grid), 2)
+    coarse = rng.normal(0.0, cfg.elastic_std_voxels, size=(1, 3, g, g, g)).astype(np.float32)
+    disp = F.interpolate(torch.from_numpy(coarse), size=(size,) * 3, mode="trilinear", align_corners=True)
+    return disp[0].permute(1, 2, 3, 0).contiguous()
+
+
+def _intensity(
+    image: torch.Tensor, rng: np.random.Generator, cfg: AugmentConfig, applied: list[str]
+) -> torch.Tensor:
+    """Gamma (keeping mean and standard deviation), random scale/shift and Gaussian noise."""
+    if rng.random() < cfg.gamma_prob:
+        gamma = math.exp(rng.uniform(math.log(cfg.gamma_range[0]), math.log(cfg.gamma_range[1])))
+        mean, std = image.mean(), image.std()
+        low, high = image.min(), image.max()
+        span = (high - low).clamp_min(1e-6)
+        image = ((image - low) / span).pow(gamma) * span + low
+        image = (image - image.mean()) / image.std().clamp_min(1e-6) * std + mean
+        applied.append("gamma")
+    if rng.random() < cfg.scale_shift_prob:
+        image = image * rng.uniform(*cfg.scale_range) + rng.uniform(*cfg.shift_range)
+        applied.append("scale_shift")
+    if rng.random() < cfg.noise_prob:
+        std = rng.uniform(0.0, cfg.noise_std_max)
+        image = image + torch.from_numpy(rng.standard_normal(image.shape, dtype=np.float32)) * std
+        applied.append("noise")
+    return image.to(torch.float32).contiguous()
+
+
+def _region_tensors(
+    image: Volume,
+    label: Volume,
+    masks: list[np.ndarray],
+    grid: _RegionGrid,
+    disp: torch.Tensor | None,
+) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+    """Normalised region image ``(1, 1, S, S, S)``, the masks resampled, and where the label can be trusted.
+
+    The last is the region voxels inside the image that read label voxels only (not the fill value).
+
+    Without displacement and in the canonical orientation the image goes through :func:`make_region` itself;
+    flips and 90° rotations use the same axis-wise resampling; oblique or displaced grids are sampled in one
+    pass per source grid.
+    """
+    if disp is None and axis_permutation(grid.direction) is not None:
+        if np.allclose(grid.direction, ROI_DIRECTION, atol=1e-12):
+            m, t = grid.index_map(image)
+            lo, hi = _footprint(m, t, grid.size, image.shape)
+            cropped = Volume(
+                image.array[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]],
+                image.index_to_lps(lo),
+                image.spacing,
+                image.direction,
+            )
+            region = make_region(cropped, _crop(image.array, lo, hi), grid.center, grid.size, grid.spacing)
+            inside = region.inside
+            normalised = region.image
+        else:
+            (data,), inside, _ = _affine_sample(image, [image.array], grid)
+            normalised = normalize_intensity(data)[None, None].contiguous()
+        resampled, _, valid_label = _affine_sample(label, masks, grid)
+        return normalised, resampled, inside & valid_label
+    if label.same_geometry(image):
+        channels, inside, valid_label = _warped_sample(image, [image.array, *masks], grid, disp)
+        data, resampled = channels[0], channels[1:]
+        inside = inside & valid_label
+    else:
+        (data,), inside, _ = _warped_sample(image, [image.array], grid, disp)
+        resampled, _, valid_label = _warped_sample(label, masks, grid, disp)
+        inside = inside & valid_label
+    return normalize_intensity(data)[None, None].contiguous(), resampled, inside
+
+
+# ---------------------------------------------------------------------------------------------- samples
+
+
+def prepare_sample(
+    image: Volume,
+    label: Volume,
+    value: int,
+    unknown: np.ndarray | None,
+    rng: np.random.Generator,
+    *,
+    roi_size: int = 128,
+    spacing: float = 1.5,
+    augment: bool = True,
+    case_id: str = "",
+    organ: str = "",
+    config: AugmentConfig | None = None,
+    jitter: bool = True,
+) -> TrainingSample:
+    """Cut the training sample of one organ out of a case.
+
+    Args:
+        image: the case's image.
+        label: its label map (any grid; usually the image's).
+        value: the organ's label value.
+        unknown: bool array on ``label``'s grid, True where a rejected or unannotated organ may lie, or
+            ``None``.
+        rng: all random choices (centre, augmentation) come from it; the same state gives the same sample.
+        roi_size: voxels per region side.
+        spacing: region spacing in mm without augmentation.
+        augment: ``False`` applies no augmentation.
+        case_id, organ: carried into the sample.
+        config: augmentation probabilities and strengths (default :class:`AugmentConfig`).
+        jitter: draw the centre at random in the organ's box; ``False`` centres the box (validation).
+
+    Raises:
+        PesfError: when the label has no voxel of ``value`` or the organ vanishes at the region spacing.
+    """
+    mask = np.asarray(label.array) == value
+    if not mask.any():
+        raise PesfError(
+            f"case {case_id or '?'}: the label has no voxel of {organ or 'the organ'} (value {value})"
+        )
+    if unknown is not None and np.shape(unknown) != label.shape:
+        raise ValueError(f"unknown mask {np.shape(unknown)} is not on the label grid {label.shape}")
+    cfg = (config or AugmentConfig()) if augment else AugmentConfig.none()
+    applied: list[str] = []
+
+    region_spacing = float(spacing)
+    if rng.random() < cfg.spacing_prob:
+        low, high = cfg.spacing_range
+        region_spacing = math.exp(rng.uniform(math.log(low), math.log(high)))
+        applied.append("spacing")
+    direction = ROI_DIRECTION @ _random_pose(rng, cfg, applied)
+    center = _choose_center(label, mask, direction, region_spacing, roi_size, rng, jitter)
+    grid = _RegionGrid(center, direction, region_spacing, int(roi_size))
+    disp = _elastic_field(rng, cfg, grid.size) if rng.random() < cfg.elastic_prob else None
+
+    masks = [mask] if unknown is None else [mask, np.asarray(unknown, dtype=bool)]
+    region, resampled, inside = _region_tensors(image, label, masks, grid, disp)
+    if disp is not None and not bool((resampled[0] > 0).any()):  # the warp pushed a tiny organ out
+        disp = None
+        region, resampled, inside = _region_tensors(image, label, masks, grid, disp)
+    if disp is not None:
+        applied.append("elastic")
+    fraction = resampled[0]
+    target = fraction > 0.5
+    if not target.any():  # an organ thinner than the region spacing: keep its best-covered voxels
+        peak = float(fraction.max())
+        if peak <= 0.0:
+            raise PesfError(f"case {case_id or '?'}: {organ or 'the organ'} is too small for the region")
+        target = fraction >= 0.5 * peak
+    known = inside
+    if unknown is not None:
+        known = known & (resampled[1] <= _UNKNOWN_THRESHOLD)
+    known = known | target
+    region = _intensity(region, rng, cfg, applied)
+    return TrainingSample(
+        image=region,
+        target=target.to(torch.float32)[None, None].contiguous(),
+        known=known[None, None].contiguous(),
+        organ=organ,
+        case_id=case_id,
+        spacing=region_spacing,
+        to_lps=grid.to_lps,
+        augmentations=tuple(applied),
+    )
+
+
+def simulate_clicks(
+    target: torch.Tensor,
+    pred: torch.Tensor | None,
+    simulator: ClickSimulator,
+    spacing: float = 1.5,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The next simulated click in region index coordinates.
+
+    Args:
+        target: organ mask ``(X, Y, Z)`` bool.
+        pred: current prediction ``(X, Y, Z)`` bool, or ``None`` before the first click.
+        simulator: the simulated user (its seed makes the clicks reproducible).
+        spacing: region spacing in mm.
+
+    Returns:
+        ``(coords, labels)``: ``(1, 3)`` float32 region indices and ``(1,)`` int64 label (1 positive, 0
+        negative). The first click is positive, deep inside the organ; later clicks correct the largest error
+        region (positive on a missed part, negative on a false positive). When the prediction is already
+        perfect, a positive click deep inside the organ is returned (it confirms, it changes nothing).
+    """
+    gt = target.detach().cpu().numpy().astype(bool)
+    sp = (float(spacing),) * 3
+    click = None
+    if pred is not None:
+        click = simulator.next_click(gt, pred.detach().cpu().numpy().astype(bool), sp)
+    if click is None:
+        click = simulator.first_click(gt, sp)
+    ijk, positive = click
+    return ijk.astype(np.float32)[None], np.array([1 if positive else 0], dtype=np.int64)
+
+
+# ---------------------------------------------------------------------------------------------- synthetic
+
+
+def _smooth_noise(rng: np.random.Generator, coarse: int, size: int) -> torch.Tensor:
+    """Zero-mean, unit-scale smooth noise ``(S, S, S)``: random values on a coarse grid, upsampled."""
+    values = torch.from_numpy(rng.standard_normal((1, 1, coarse, coarse, coarse)).astype(np.float32))
+    return F.interpolate(values, size=(size,) * 3, mode="trilinear", align_corners=True)[0, 0]
+
+
+def _blob_field(
+    rng: np.random.Generator, coords: torch.Tensor, center: np.ndarray, radius: float
+) -> torch.Tensor:
+    """A random smooth blob as a field below 1 inside: a rotated ellipsoid, its surface perturbed by noise."""
+    axes = radius * rng.uniform(0.6, 1.4, size=3)
+    rot = _axis_rotation(rng.normal(size=3), rng.uniform(0, math.pi))
+    shape = torch.from_numpy((rot / axes[None, :]).T.astype(np.float32))  # region to unit-ball frame
+    rel = coords - torch.from_numpy(center.astype(np.float32))[:, None, None, None]
+    local = torch.einsum("ab,bxyz->axyz", shape, rel)
+    return local.pow(2).sum(0).sqrt() + 0.25 * _smooth_noise(rng, 6, coords.shape[-1])
+
+
+def synthetic_target(rng: np.random.Generator, roi_size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """A synthetic target: a random smooth blob with its own intensity on a textured background.
+
+    The background holds smooth texture at two scales and up to three distractor blobs of other intensities;
+    the target blob has its own mean and texture. Shapes and textures are computed at half resolution and
+    upsampled together (they are smooth), then thresholded at full resolution. The image is normalised as
+    :func:`make_region` does.
+
+    Returns:
+        ``(image, target)``, both ``(1, 1, S, S, S)`` float32; the target is never empty.
+    """
+    size = int(roi_size)
+    low = max(size // 2, 8)
+    axis = torch.linspace(0.0, size - 1.0, low)  # half-resolution grid, in region voxels
+    coords = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"))
+    center = size / 2 + rng.uniform(-0.2, 0.2, size=3) * size
+    channels = [
+        40.0 * _smooth_noise(rng, 4, low) + 15.0 * _smooth_noise(rng, 16, low),  # background texture
+        10.0 * _smooth_noise(rng, 8, low),  # fine texture of the blobs
+        _blob_field(rng, coords, center, rng.uniform(0.05, 0.2) * size),
+    ]
+    others = int(rng.integers(0, 4))
+    for _ in range(others):
+        channels.append(
+            _blob_field(rng, coords, rng.uniform(0.1, 0.9, size=3) * size, rng.uniform(0.04, 0.15) * size)
+        )
+    up = F.interpolate(torch.stack(channels)[None], size=(size,) * 3, mode="trilinear", align_corners=True)[0]
+    texture, fine, fields = up[0], up[1], up[2:]
+    target = fields[0] < 1.0
+    target[tuple(int(round(c)) for c in center)] = True
+    image = 100.0 + texture
+    for k in range(others):
+        value = float(rng.uniform(-50.0, 300.0))
+        image = torch.where((fields[k + 1] < 1.0) & ~target, value + fine, image)
+    contrast = float(rng.choice([-1.0, 1.0]) * rng.uniform(60.0, 160.0))
+    image = torch.where(target, 100.0 + contrast + fine, image)
+    return normalize_intensity(image)[None, None].contiguous(), target.to(torch.float32)[None, None]
+
+
+def synthetic_sample(rng: np.random.Generator, roi_size: int = 128) -> TrainingSample:
+    """:func:`synthetic_target` as a :class:`TrainingSample` (every voxel known)."""
+    image, target = synthetic_target(rng, roi_size)
+    return TrainingSample(
+        image=image,
+        target=target,
+        known=torch.ones_like(target, dtype=torch.bool),
+        organ="synthetic",
+        case_id="synthetic",
+        augmentations=("synthetic",),
+    )
