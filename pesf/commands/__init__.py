@@ -2,4 +2,4 @@
 
 from __future__ import annotations
 
-from pesf.commands import evaluate, info, segment  # noqa: F401
+from pesf.commands import cases, evaluate, info, pseudo_label, segment, studio, train  # noqa: F401

@@ -7,7 +7,8 @@ Two formats are read:
   ``optimizer_state_dict``, ``args`` as an ``argparse.Namespace``, ...). A bare state dict is accepted too.
   Both load strictly into the ``vit_b_ori`` configuration.
 * **PESF** (written by :func:`save_checkpoint`): ``{"format": "pesf-sam3d", "format_version", "config",
-  "state_dict", "metadata"}`` plus optional ``confidence_state_dict`` and extra plain entries.
+  "state_dict", "metadata"}`` plus optional ``confidence_state_dict`` and ``confidence_config`` (the PESF
+  confidence module, rebuilt and attached as ``model.confidence_module`` on load) and extra plain entries.
 
 Files are always read with ``torch.load(..., weights_only=True)``: only tensors and plain containers are
 rebuilt, never arbitrary objects. The few extra types official checkpoints carry (``argparse.Namespace`` and
@@ -40,7 +41,15 @@ logger = logging.getLogger(__name__)
 
 FORMAT = "pesf-sam3d"
 FORMAT_VERSION = 1
-_RESERVED = {"format", "format_version", "config", "state_dict", "metadata", "confidence_state_dict"}
+_RESERVED = {
+    "format",
+    "format_version",
+    "config",
+    "state_dict",
+    "metadata",
+    "confidence_state_dict",
+    "confidence_config",
+}
 _SUFFIXES = {".pt", ".pth", ".ckpt", ".bin", ".tar"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _SUBMODULES = ("image_encoder", "prompt_encoder", "mask_decoder")
@@ -168,6 +177,7 @@ def _model_from_payload(obj: dict[str, Any], path: Path) -> Sam3D:
         metadata = dict(obj.get("metadata") or {})
         trained = bool(metadata.get("trained", True))
         confidence = obj.get("confidence_state_dict")
+        confidence_config = obj.get("confidence_config")
     elif "model_state_dict" in obj or _is_state_dict(obj):
         state = obj.get("model_state_dict", obj)
         config = get_config("vit_b_ori")
@@ -175,7 +185,7 @@ def _model_from_payload(obj: dict[str, Any], path: Path) -> Sam3D:
         for key in ("epoch", "best_loss", "best_dice"):
             if (value := _plain_number(obj.get(key))) is not None:
                 metadata[key] = value
-        trained, confidence = True, None
+        trained, confidence, confidence_config = True, None, None
     else:
         keys = ", ".join(map(str, list(obj)[:5]))
         raise PesfError(
@@ -193,7 +203,21 @@ def _model_from_payload(obj: dict[str, Any], path: Path) -> Sam3D:
     model.trained = trained
     model.metadata = metadata
     model.confidence_state_dict = confidence
+    if confidence is not None and confidence_config is not None:
+        model.confidence_module = _confidence_module(confidence_config, confidence, path)
     return model
+
+
+def _confidence_module(config: Any, state: Any, path: Path) -> torch.nn.Module:
+    """Rebuild the PESF confidence module carried by a checkpoint."""
+    from ..train.confidence import confidence_module_from_state  # the module's code lives with its training
+
+    if not isinstance(config, dict) or not isinstance(state, dict) or not _is_state_dict(state):
+        raise PesfError(f"{path} has a damaged confidence module (config or weights missing)")
+    try:
+        return confidence_module_from_state(config, state)
+    except (TypeError, ValueError) as exc:
+        raise PesfError(f"{path} has a damaged confidence module: {_one_line(exc)}") from None
 
 
 def available_models() -> list[str]:
@@ -292,7 +316,8 @@ def save_checkpoint(
     """Write ``model`` in the PESF format, atomically (temporary file in the same folder, then rename).
 
     Args:
-        model: the model; its ``metadata`` and ``confidence_state_dict`` are carried along.
+        model: the model; its ``metadata`` and confidence module (``confidence_module`` weights and config,
+            or a bare ``confidence_state_dict``) are carried along.
         path: destination file (its folder is created).
         metadata: plain entries merged over ``model.metadata`` (``source``, training card, metrics, ...);
             ``created``, ``trained``, ``config_name`` and ``pesf_version`` are filled in when absent.
@@ -326,10 +351,12 @@ def save_checkpoint(
         "metadata": meta,
         **extra,
     }
-    if model.confidence_state_dict is not None:
-        payload["confidence_state_dict"] = {
-            k: v.detach().cpu() for k, v in model.confidence_state_dict.items()
-        }
+    module = getattr(model, "confidence_module", None)
+    confidence = module.state_dict() if module is not None else model.confidence_state_dict
+    if confidence is not None:
+        payload["confidence_state_dict"] = {k: v.detach().cpu() for k, v in confidence.items()}
+    if module is not None:
+        payload["confidence_config"] = module.config.to_dict()
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
@@ -353,6 +380,7 @@ def model_info(model: Sam3D) -> dict[str, Any]:
         "parameters": params,
         "source": model.source,
         "trained": bool(model.trained),
-        "has_confidence_module": model.confidence_state_dict is not None,
+        "has_confidence_module": model.confidence_module is not None
+        or model.confidence_state_dict is not None,
         "metadata": dict(model.metadata),
     }

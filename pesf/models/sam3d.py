@@ -27,6 +27,11 @@ class Sam3D(nn.Module):
         source: where the weights came from (a path, a bundled name, or ``"untrained"``).
         metadata: plain dict carried with the weights (training card, creation time, ...).
         confidence_state_dict: weights of the PESF confidence module carried alongside, or ``None``.
+        confidence_module: the rebuilt confidence module (predicted Dice of a mask, see
+            :mod:`pesf.train.confidence`), or ``None``. It is deliberately *not* a registered submodule:
+            ``state_dict()``, ``parameters()`` and strict loading see only the official SAM-Med3D keys, while
+            ``.to()``, ``.half()``, ``.train()`` and ``.eval()`` still reach it. Its weights travel in the
+            checkpoint's ``confidence_state_dict`` and ``confidence_config``.
     """
 
     mask_threshold: float = 0.0
@@ -41,6 +46,28 @@ class Sam3D(nn.Module):
         self.source = "untrained"
         self.metadata: dict[str, Any] = {}
         self.confidence_state_dict: dict[str, Tensor] | None = None
+        self.confidence_module: nn.Module | None = None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "confidence_module":
+            # kept out of ``_modules`` so the state dict stays exactly SAM-Med3D's
+            object.__setattr__(self, name, value)
+            return
+        super().__setattr__(name, value)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Sam3D:
+        super()._apply(fn, recurse)
+        module = self.__dict__.get("confidence_module")
+        if module is not None and recurse:
+            module._apply(fn)
+        return self
+
+    def train(self, mode: bool = True) -> Sam3D:
+        super().train(mode)
+        module = self.__dict__.get("confidence_module")
+        if module is not None:
+            module.train(mode)
+        return self
 
     @property
     def device(self) -> torch.device:
