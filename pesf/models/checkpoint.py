@@ -32,6 +32,7 @@ from torch import Tensor
 from ..errors import PesfError
 from ..io.atomic import atomic_path
 from ..resources import models_dir
+from .confidence import confidence_module_from_state
 from .config import CONFIGS, DEFAULT_CONFIG, SamConfig, get_config
 from .sam3d import Sam3D, build_model
 
@@ -210,8 +211,6 @@ def _model_from_payload(obj: dict[str, Any], path: Path) -> Sam3D:
 
 def _confidence_module(config: Any, state: Any, path: Path) -> torch.nn.Module:
     """Rebuild the PESF confidence module carried by a checkpoint."""
-    from ..train.confidence import confidence_module_from_state  # the module's code lives with its training
-
     if not isinstance(config, dict) or not isinstance(state, dict) or not _is_state_dict(state):
         raise PesfError(f"{path} has a damaged confidence module (config or weights missing)")
     try:

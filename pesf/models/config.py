@@ -154,7 +154,7 @@ CONFIGS: dict[str, SamConfig] = {
     ),
 }
 
-DEFAULT_CONFIG = "small"
+DEFAULT_CONFIG = "tiny"
 """Configuration of the untrained stand-in returned for ``default`` when no bundled model exists yet."""
 
 

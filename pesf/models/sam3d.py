@@ -28,7 +28,7 @@ class Sam3D(nn.Module):
         metadata: plain dict carried with the weights (training card, creation time, ...).
         confidence_state_dict: weights of the PESF confidence module carried alongside, or ``None``.
         confidence_module: the rebuilt confidence module (predicted Dice of a mask, see
-            :mod:`pesf.train.confidence`), or ``None``. It is deliberately *not* a registered submodule:
+            :mod:`pesf.models.confidence`), or ``None``. It is deliberately *not* a registered submodule:
             ``state_dict()``, ``parameters()`` and strict loading see only the official SAM-Med3D keys, while
             ``.to()``, ``.half()``, ``.train()`` and ``.eval()`` still reach it. Its weights travel in the
             checkpoint's ``confidence_state_dict`` and ``confidence_config``.

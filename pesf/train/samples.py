@@ -8,18 +8,10 @@ rejected or unannotated organ may lie, unless they belong to the sample's own or
 The region's centre is drawn inside the organ's bounding box so that the organ is not always centred but stays
 whole in the region; an organ larger than the region is centred on a random voxel of it instead.
 
-Augmentation stands in for more patients (the default model is trained on few). Geometry is applied when
-resampling, so the image, the target and the known mask are cut from the source with one and the same map:
-
-* spacing — a random region spacing (default 1.2–2.0 mm instead of 1.5): organs seen at other sizes;
-* orientation — random flips and 90° rotations of the region axes, and a small rotation about a random axis
-  (an oblique region direction, resampled through ``grid_sample``);
-* elastic — a smooth random displacement field (random offsets on a coarse 4^3 grid, upsampled trilinearly)
-  applied identically to image, target and known mask;
-* intensity — on the normalised image: random scale and shift, gamma, Gaussian noise.
-
-Each has a probability and a strength in :class:`AugmentConfig`. Clicks are simulated in region index
-coordinates with :class:`pesf.eval.clicks.ClickSimulator` (the same simulated user as the benchmarks).
+Augmentation (random spacing, pose, elastic displacement and intensity, see :mod:`pesf.train.augment`,
+re-exported here) is applied when resampling, so the image, the target and the known mask are cut from the
+source with one and the same map. Clicks are simulated in region index coordinates with
+:class:`pesf.eval.clicks.ClickSimulator` (the same simulated user as the benchmarks).
 """
 
 from __future__ import annotations
@@ -27,7 +19,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -38,6 +30,7 @@ from pesf.eval.clicks import ClickSimulator
 from pesf.interactive.resample import axis_permutation, inside_mask, resample_affine
 from pesf.interactive.roi import ROI_DIRECTION, make_region, normalize_intensity
 from pesf.io.volume import Volume
+from pesf.train.augment import AugmentConfig, augment_intensity, axis_rotation, elastic_field, random_pose
 
 __all__ = [
     "AugmentConfig",
@@ -50,37 +43,6 @@ __all__ = [
 
 _MARGIN_VOXELS = 2  # the organ keeps this many region voxels from the region faces when it fits
 _UNKNOWN_THRESHOLD = 1e-3  # any partial overlap with an unknown organ makes a region voxel unknown
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Probabilities and strengths of the augmentations (region voxels and normalised intensities).
-
-    Defaults keep most samples close to what inference sees (RAS, 1.5 mm) while varying size, pose, shape and
-    contrast enough to stand in for more patients. :meth:`none` disables everything.
-    """
-
-    spacing_prob: float = 0.5
-    spacing_range: tuple[float, float] = (1.2, 2.0)  # mm, drawn log-uniformly
-    flip_prob: float = 0.2  # per region axis
-    rot90_prob: float = 0.2  # 90, 180 or 270 degrees about one random region axis
-    rotate_prob: float = 0.3
-    rotate_max_deg: float = 15.0  # about a random axis
-    elastic_prob: float = 0.3
-    elastic_grid: int = 4  # control points per side
-    elastic_std_voxels: float = 2.5  # standard deviation of the control-point offsets
-    scale_shift_prob: float = 0.5
-    scale_range: tuple[float, float] = (0.9, 1.1)
-    shift_range: tuple[float, float] = (-0.1, 0.1)
-    gamma_prob: float = 0.3
-    gamma_range: tuple[float, float] = (0.7, 1.5)
-    noise_prob: float = 0.2
-    noise_std_max: float = 0.1
-
-    @classmethod
-    def none(cls) -> AugmentConfig:
-        """A configuration with every probability 0."""
-        return cls(**{f.name: 0.0 for f in fields(cls) if f.name.endswith("_prob")})
 
 
 @dataclass
@@ -109,32 +71,6 @@ class TrainingSample:
 
 
 # ---------------------------------------------------------------------------------------------- geometry
-
-
-def _axis_rotation(axis: np.ndarray, angle: float) -> np.ndarray:
-    """Rotation matrix about unit ``axis`` by ``angle`` radians (Rodrigues)."""
-    x, y, z = axis / np.linalg.norm(axis)
-    k = np.array([[0.0, -z, y], [z, 0.0, -x], [-y, x, 0.0]])
-    return np.eye(3) + math.sin(angle) * k + (1.0 - math.cos(angle)) * (k @ k)
-
-
-def _random_pose(rng: np.random.Generator, cfg: AugmentConfig, applied: list[str]) -> np.ndarray:
-    """A random orthogonal matrix: columns are the region axes in the canonical (RAS) frame."""
-    pose = np.eye(3)
-    flips = rng.random(3) < cfg.flip_prob
-    if flips.any():
-        pose = pose @ np.diag(np.where(flips, -1.0, 1.0))
-        applied.append("flip")
-    if rng.random() < cfg.rot90_prob:
-        axis = np.eye(3)[rng.integers(3)]
-        pose = pose @ np.rint(_axis_rotation(axis, math.pi / 2 * int(rng.integers(1, 4))))
-        applied.append("rot90")
-    if rng.random() < cfg.rotate_prob:
-        axis = rng.normal(size=3)
-        angle = math.radians(rng.uniform(-cfg.rotate_max_deg, cfg.rotate_max_deg))
-        pose = pose @ _axis_rotation(axis, angle)
-        applied.append("rotate")
-    return pose
 
 
 @dataclass(frozen=True)
@@ -299,39 +235,6 @@ def _choose_center(
     return direction @ center
 
 
-# ---------------------------------------------------------------------------------------------- augmentation
-
-
-def _elastic_field(rng: np.random.Generator, cfg: AugmentConfig, size: int) -> torch.Tensor:
-    """A smooth random displacement ``(S, S, S, 3)`` in region voxels: coarse random offsets, upsampled."""
-    g = max(int(cfg.elastic_grid), 2)
-    coarse = rng.normal(0.0, cfg.elastic_std_voxels, size=(1, 3, g, g, g)).astype(np.float32)
-    disp = F.interpolate(torch.from_numpy(coarse), size=(size,) * 3, mode="trilinear", align_corners=True)
-    return disp[0].permute(1, 2, 3, 0).contiguous()
-
-
-def _intensity(
-    image: torch.Tensor, rng: np.random.Generator, cfg: AugmentConfig, applied: list[str]
-) -> torch.Tensor:
-    """Gamma (keeping mean and standard deviation), random scale/shift and Gaussian noise."""
-    if rng.random() < cfg.gamma_prob:
-        gamma = math.exp(rng.uniform(math.log(cfg.gamma_range[0]), math.log(cfg.gamma_range[1])))
-        mean, std = image.mean(), image.std()
-        low, high = image.min(), image.max()
-        span = (high - low).clamp_min(1e-6)
-        image = ((image - low) / span).pow(gamma) * span + low
-        image = (image - image.mean()) / image.std().clamp_min(1e-6) * std + mean
-        applied.append("gamma")
-    if rng.random() < cfg.scale_shift_prob:
-        image = image * rng.uniform(*cfg.scale_range) + rng.uniform(*cfg.shift_range)
-        applied.append("scale_shift")
-    if rng.random() < cfg.noise_prob:
-        std = rng.uniform(0.0, cfg.noise_std_max)
-        image = image + torch.from_numpy(rng.standard_normal(image.shape, dtype=np.float32)) * std
-        applied.append("noise")
-    return image.to(torch.float32).contiguous()
-
-
 def _region_tensors(
     image: Volume,
     label: Volume,
@@ -428,10 +331,10 @@ def prepare_sample(
         low, high = cfg.spacing_range
         region_spacing = math.exp(rng.uniform(math.log(low), math.log(high)))
         applied.append("spacing")
-    direction = ROI_DIRECTION @ _random_pose(rng, cfg, applied)
+    direction = ROI_DIRECTION @ random_pose(rng, cfg, applied)
     center = _choose_center(label, mask, direction, region_spacing, roi_size, rng, jitter)
     grid = _RegionGrid(center, direction, region_spacing, int(roi_size))
-    disp = _elastic_field(rng, cfg, grid.size) if rng.random() < cfg.elastic_prob else None
+    disp = elastic_field(rng, cfg, grid.size) if rng.random() < cfg.elastic_prob else None
 
     masks = [mask] if unknown is None else [mask, np.asarray(unknown, dtype=bool)]
     region, resampled, inside = _region_tensors(image, label, masks, grid, disp)
@@ -451,7 +354,7 @@ def prepare_sample(
     if unknown is not None:
         known = known & (resampled[1] <= _UNKNOWN_THRESHOLD)
     known = known | target
-    region = _intensity(region, rng, cfg, applied)
+    region = augment_intensity(region, rng, cfg, applied)
     return TrainingSample(
         image=region,
         target=target.to(torch.float32)[None, None].contiguous(),
@@ -509,7 +412,7 @@ def _blob_field(
 ) -> torch.Tensor:
     """A random smooth blob as a field below 1 inside: a rotated ellipsoid, its surface perturbed by noise."""
     axes = radius * rng.uniform(0.6, 1.4, size=3)
-    rot = _axis_rotation(rng.normal(size=3), rng.uniform(0, math.pi))
+    rot = axis_rotation(rng.normal(size=3), rng.uniform(0, math.pi))
     shape = torch.from_numpy((rot / axes[None, :]).T.astype(np.float32))  # region to unit-ball frame
     rel = coords - torch.from_numpy(center.astype(np.float32))[:, None, None, None]
     local = torch.einsum("ab,bxyz->axyz", shape, rel)

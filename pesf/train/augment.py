@@ -1,0 +1,115 @@
+"""Augmentation of training samples: random region geometry, elastic displacement and intensity changes.
+
+Augmentation stands in for more patients (the default model is trained on few). Geometry is applied when
+resampling (:mod:`pesf.train.samples`), so the image, the target and the known mask are cut from the source
+with one and the same map:
+
+* spacing — a random region spacing (default 1.2–2.0 mm instead of 1.5, drawn by
+  :func:`~pesf.train.samples.prepare_sample`): organs seen at other sizes;
+* orientation — random flips and 90° rotations of the region axes, and a small rotation about a random axis
+  (an oblique region direction, resampled through ``grid_sample``): :func:`random_pose`;
+* elastic — a smooth random displacement field (random offsets on a coarse 4^3 grid, upsampled trilinearly)
+  applied identically to image, target and known mask: :func:`elastic_field`;
+* intensity — on the normalised image: random scale and shift, gamma, Gaussian noise:
+  :func:`augment_intensity`.
+
+Each has a probability and a strength in :class:`AugmentConfig`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["AugmentConfig", "augment_intensity", "axis_rotation", "elastic_field", "random_pose"]
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Probabilities and strengths of the augmentations (region voxels and normalised intensities).
+
+    Defaults keep most samples close to what inference sees (RAS, 1.5 mm) while varying size, pose, shape and
+    contrast enough to stand in for more patients. :meth:`none` disables everything.
+    """
+
+    spacing_prob: float = 0.5
+    spacing_range: tuple[float, float] = (1.2, 2.0)  # mm, drawn log-uniformly
+    flip_prob: float = 0.2  # per region axis
+    rot90_prob: float = 0.2  # 90, 180 or 270 degrees about one random region axis
+    rotate_prob: float = 0.3
+    rotate_max_deg: float = 15.0  # about a random axis
+    elastic_prob: float = 0.3
+    elastic_grid: int = 4  # control points per side
+    elastic_std_voxels: float = 2.5  # standard deviation of the control-point offsets
+    scale_shift_prob: float = 0.5
+    scale_range: tuple[float, float] = (0.9, 1.1)
+    shift_range: tuple[float, float] = (-0.1, 0.1)
+    gamma_prob: float = 0.3
+    gamma_range: tuple[float, float] = (0.7, 1.5)
+    noise_prob: float = 0.2
+    noise_std_max: float = 0.1
+
+    @classmethod
+    def none(cls) -> AugmentConfig:
+        """A configuration with every probability 0."""
+        return cls(**{f.name: 0.0 for f in fields(cls) if f.name.endswith("_prob")})
+
+
+def axis_rotation(axis: np.ndarray, angle: float) -> np.ndarray:
+    """Rotation matrix about unit ``axis`` by ``angle`` radians (Rodrigues)."""
+    x, y, z = axis / np.linalg.norm(axis)
+    k = np.array([[0.0, -z, y], [z, 0.0, -x], [-y, x, 0.0]])
+    return np.eye(3) + math.sin(angle) * k + (1.0 - math.cos(angle)) * (k @ k)
+
+
+def random_pose(rng: np.random.Generator, cfg: AugmentConfig, applied: list[str]) -> np.ndarray:
+    """A random orthogonal matrix: columns are the region axes in the canonical (RAS) frame."""
+    pose = np.eye(3)
+    flips = rng.random(3) < cfg.flip_prob
+    if flips.any():
+        pose = pose @ np.diag(np.where(flips, -1.0, 1.0))
+        applied.append("flip")
+    if rng.random() < cfg.rot90_prob:
+        axis = np.eye(3)[rng.integers(3)]
+        pose = pose @ np.rint(axis_rotation(axis, math.pi / 2 * int(rng.integers(1, 4))))
+        applied.append("rot90")
+    if rng.random() < cfg.rotate_prob:
+        axis = rng.normal(size=3)
+        angle = math.radians(rng.uniform(-cfg.rotate_max_deg, cfg.rotate_max_deg))
+        pose = pose @ axis_rotation(axis, angle)
+        applied.append("rotate")
+    return pose
+
+
+def elastic_field(rng: np.random.Generator, cfg: AugmentConfig, size: int) -> torch.Tensor:
+    """A smooth random displacement ``(S, S, S, 3)`` in region voxels: coarse random offsets, upsampled."""
+    g = max(int(cfg.elastic_grid), 2)
+    coarse = rng.normal(0.0, cfg.elastic_std_voxels, size=(1, 3, g, g, g)).astype(np.float32)
+    disp = F.interpolate(torch.from_numpy(coarse), size=(size,) * 3, mode="trilinear", align_corners=True)
+    return disp[0].permute(1, 2, 3, 0).contiguous()
+
+
+def augment_intensity(
+    image: torch.Tensor, rng: np.random.Generator, cfg: AugmentConfig, applied: list[str]
+) -> torch.Tensor:
+    """Gamma (keeping mean and standard deviation), random scale/shift and Gaussian noise."""
+    if rng.random() < cfg.gamma_prob:
+        gamma = math.exp(rng.uniform(math.log(cfg.gamma_range[0]), math.log(cfg.gamma_range[1])))
+        mean, std = image.mean(), image.std()
+        low, high = image.min(), image.max()
+        span = (high - low).clamp_min(1e-6)
+        image = ((image - low) / span).pow(gamma) * span + low
+        image = (image - image.mean()) / image.std().clamp_min(1e-6) * std + mean
+        applied.append("gamma")
+    if rng.random() < cfg.scale_shift_prob:
+        image = image * rng.uniform(*cfg.scale_range) + rng.uniform(*cfg.shift_range)
+        applied.append("scale_shift")
+    if rng.random() < cfg.noise_prob:
+        std = rng.uniform(0.0, cfg.noise_std_max)
+        image = image + torch.from_numpy(rng.standard_normal(image.shape, dtype=np.float32)) * std
+        applied.append("noise")
+    return image.to(torch.float32).contiguous()
