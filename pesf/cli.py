@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Simulate clicks as SAM-Med3D does (first click inside the organ, each later click in the largest "
             "error region, positive or negative), deterministically for a seed, and report Dice and NSD after "
-            "every click per organ, with the latency of every click."
+            "every click per organ, with the latency of every click. --method growcut scores 3D Slicer's 'Grow "
+            "from seeds' with the same clicks as seeds, as a classical baseline."
         ),
     )
     p.add_argument("image", metavar="IMAGE", help="input volume")
@@ -99,7 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--clicks", type=int, default=5, metavar="N", help="clicks per organ (default: %(default)s)"
     )
-    p.add_argument("--model", default="default", metavar="MODEL", help=_MODEL_HELP)
+    p.add_argument(
+        "--method",
+        choices=("pesf", "growcut"),
+        default="pesf",
+        help=(
+            "pesf: the promptable model (--model); growcut: 3D Slicer's 'Grow from seeds' with the same clicks "
+            "as seeds, a classical baseline without confidence (default: %(default)s)"
+        ),
+    )
+    p.add_argument("--model", default="default", metavar="MODEL", help=_MODEL_HELP + "; with --method pesf")
     p.add_argument(
         "--seed", type=int, default=0, metavar="S", help="seed of the click simulation (default: %(default)s)"
     )
@@ -120,11 +130,88 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="default", metavar="MODEL", help=_MODEL_HELP)
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
+    _add_demo_parser(sub)
+    p = sub.add_parser(
+        "train-confidence",
+        help="fit a model's PESF confidence module on the accepted organs of a workspace",
+        description=(
+            "Fit the confidence module (predicts the Dice of a mask from the region's image embedding and the "
+            "mask) on masks of varied quality that MODEL itself makes from simulated and perturbed clicks on the "
+            "accepted organs of WORKSPACE; calibrate the pseudo-label threshold; write MODEL with its module."
+        ),
+    )
+    p.add_argument("workspace", metavar="WORKSPACE", help="the case store whose accepted organs are used")
+    p.add_argument("--model", default="default", metavar="MODEL", help=_MODEL_HELP)
+    p.add_argument(
+        "--out", required=True, metavar="MODEL.pt", help="where to write the model with its module"
+    )
+    p.add_argument(
+        "--epochs", type=int, default=30, metavar="N", help="training epochs (default: %(default)s)"
+    )
+    p.add_argument(
+        "--regions-per-organ",
+        type=int,
+        default=2,
+        metavar="N",
+        help="regions cut around each organ (the first plain, the others augmented) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--target-dice",
+        type=float,
+        default=0.8,
+        metavar="D",
+        help="calibrate the threshold so that kept masks have this mean Dice (default: %(default)s)",
+    )
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default: %(default)s)")
+
     _add_cases_parser(sub)
     _add_train_parser(sub)
     _add_pseudo_label_parser(sub)
     _add_studio_parser(sub)
     return parser
+
+
+# -------------------------------------------------------------------------------------------- pesf demo
+
+
+def _add_demo_parser(sub: argparse._SubParsersAction) -> None:
+    """``pesf demo``: the engine end to end on the bundled sample CT."""
+    p = sub.add_parser(
+        "demo",
+        help="segment organs of the bundled sample CT, write the results, and run one PESF round",
+        description=(
+            "On the bundled sample CT: segment liver, spleen, kidneys, stomach, aorta and inferior vena cava "
+            "with simulated clicks (one inside each organ, then corrective clicks on the largest error), print "
+            "Dice against the reference labels, confidence and time per click, and write the label map, a 3D "
+            "Slicer segmentation (.seg.nrrd), the clicks (.mrk.json), PNG overlays and report.json. Then one "
+            "PESF round: a workspace where one organ is not annotated, its pseudo-label kept or dropped by "
+            "confidence, a few fine-tuning steps, and that organ's Dice before and after."
+        ),
+    )
+    p.add_argument(
+        "--out",
+        default="pesf-demo-output",
+        metavar="DIR",
+        help="output folder, created if missing; files of an earlier demo are replaced (default: %(default)s)",
+    )
+    p.add_argument("--model", default="default", metavar="MODEL", help=_MODEL_HELP)
+    p.add_argument(
+        "--clicks",
+        type=int,
+        default=3,
+        metavar="N",
+        help="corrective clicks after the first one, per organ (default: %(default)s)",
+    )
+    p.add_argument(
+        "--skip-training", action="store_true", help="skip the fine-tuning of the PESF round (quicker)"
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=argparse.SUPPRESS,
+        metavar="N",
+        help="CPU threads for torch (default: the cores not busy with other work, at least 1)",
+    )
 
 
 # ------------------------------------------------------------------------------------------- pesf cases

@@ -2,4 +2,14 @@
 
 from __future__ import annotations
 
-from pesf.commands import cases, evaluate, info, pseudo_label, segment, studio, train  # noqa: F401
+from pesf.commands import (  # noqa: F401
+    cases,
+    confidence,
+    demo,
+    evaluate,
+    info,
+    pseudo_label,
+    segment,
+    studio,
+    train,
+)

@@ -14,9 +14,7 @@ __all__ = ["run_evaluate"]
 def run_evaluate(args: argparse.Namespace) -> int:
     from pesf.errors import PesfError
     from pesf.eval import evaluate_organs, format_report_table
-    from pesf.interactive import InteractiveSession
     from pesf.io import parse_organs_arg, read_labelmap, read_volume, write_json_atomic
-    from pesf.models import load_model, model_info
 
     if args.clicks < 1:
         raise PesfError(f"--clicks must be at least 1, got {args.clicks}")
@@ -24,9 +22,33 @@ def run_evaluate(args: argparse.Namespace) -> int:
     organs = parse_organs_arg(args.organs)
     image = read_volume(args.image)
     label, _ = read_labelmap(args.label, like=image)
-    model = load_model(args.model)
+    method = getattr(args, "method", "pesf")
+    if method == "growcut":
+        from pesf.eval.growcut import GrowCutSegmenter
 
-    with progress_bar(len(organs) * args.clicks, "evaluate") as bar:
+        segmenter = GrowCutSegmenter(image)  # fails now, not after the first click, without slicer-core
+
+        def factory():
+            return segmenter
+
+        details = {
+            "margin_mm": segmenter.margin_mm,
+            "seed_radius_mm": segmenter.seed_radius_mm,
+            "seed_locality": segmenter.seed_locality,
+        }
+    else:
+        from pesf.interactive import InteractiveSession
+        from pesf.models import load_model, model_info
+
+        model = load_model(args.model)
+
+        def factory():
+            return InteractiveSession(model, image)
+
+        info = model_info(model)
+        details = {k: info.get(k) for k in ("name", "config", "source", "trained") if k in info}
+
+    with progress_bar(len(organs) * args.clicks, f"evaluate ({method})") as bar:
 
         def progress(done: int, total: int, what: str) -> None:
             bar.total = total
@@ -35,7 +57,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             bar.refresh()
 
         report = evaluate_organs(
-            lambda: InteractiveSession(model, image),
+            factory,
             label.array,
             organs,
             spacing=image.spacing,
@@ -44,8 +66,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
             progress=progress,
             tolerance_mm=args.nsd_tolerance,
         )
-    info = model_info(model)
-    report["model"] = {k: info.get(k) for k in ("name", "config", "source", "trained") if k in info}
+    report["method"] = method
+    report["model" if method == "pesf" else "growcut"] = details
     report["image"] = str(args.image)
     report["label"] = str(args.label)
     write_json_atomic(out, report)

@@ -14,11 +14,14 @@ The report is a plain ``dict`` (JSON-serialisable)::
 ``c + 1``). When the prediction becomes perfect after click ``m < n_clicks``, no further click is simulated:
 the last values are repeated up to ``n_clicks``, ``clicks`` holds the ``m`` clicks actually made and
 ``perfect_after_click`` is ``m`` (it is ``None`` otherwise). ``summary`` lists, per click, the mean over organs.
+A segmenter without a confidence (its ``confidence`` is NaN or ``None``, e.g. the grow-cut baseline) gets
+``None`` entries in ``confidence`` (``null`` in JSON).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
@@ -193,11 +196,19 @@ def _evaluate_organ(
         g, p = gt[box], pred[box]
         scores["dice"].append(dice(g, p))
         scores["nsd"].append(nsd(g, p, spacing, tolerance_mm))
-        scores["confidence"].append(float(result.confidence))
+        scores["confidence"].append(_confidence_or_none(result.confidence))
         scores["latency_s"].append(float(result.timings.get("total_s", wall)))
         clicks.append([*(int(v) for v in ijk), bool(positive)])
         tick(c + 1, f"{name}: click {c + 1}/{n_clicks}, Dice {scores['dice'][-1]:.3f}")
     return {**scores, "clicks": clicks, "perfect_after_click": perfect_after}
+
+
+def _confidence_or_none(value: Any) -> float | None:
+    """The confidence as a float, or ``None`` (``null`` in JSON) for a method that has none (NaN)."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
 
 
 def _plain(value: Any) -> Any:
@@ -224,8 +235,8 @@ def format_report_table(report: Mapping[str, Any]) -> str:
         "latency_s",
     ]
 
-    def at(values: Sequence[float], click: int) -> str:
-        return f"{values[click - 1]:.3f}" if click <= len(values) else "-"
+    def at(values: Sequence[float | None], click: int) -> str:
+        return _fmt(values[click - 1]) if click <= len(values) else "-"
 
     rows: list[list[str]] = []
     latencies: list[float] = []
@@ -234,14 +245,15 @@ def format_report_table(report: Mapping[str, Any]) -> str:
         made = len(organ["clicks"])
         lat = organ["latency_s"][:made]
         latencies.extend(lat)
-        confidences.append(organ["confidence"][-1])
+        if organ["confidence"][-1] is not None:
+            confidences.append(organ["confidence"][-1])
         rows.append(
             [
                 name,
                 f"{made}/{n_clicks}",
                 *(at(organ["dice"], c) for c in (1, 3, 5, n_clicks)),
                 at(organ["nsd"], n_clicks),
-                f"{organ['confidence'][-1]:.3f}",
+                _fmt(organ["confidence"][-1]),
                 f"{np.mean(lat):.3f}" if lat else "-",
             ]
         )
@@ -265,3 +277,8 @@ def format_report_table(report: Mapping[str, Any]) -> str:
 
     rule = "-" * len(line(header))
     return "\n".join([line(header), rule, *(line(r) for r in rows[:-1]), rule, line(rows[-1])])
+
+
+def _fmt(value: float | None) -> str:
+    """Three decimals; ``-`` for a missing value (``None``, e.g. the confidence of a method without one)."""
+    return "-" if value is None or not math.isfinite(value) else f"{value:.3f}"

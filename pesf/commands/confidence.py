@@ -1,0 +1,85 @@
+"""``pesf train-confidence``: fit a model's PESF confidence module on the labelled cases of a workspace."""
+
+from __future__ import annotations
+
+import argparse
+
+from pesf.cli import register
+from pesf.commands.common import check_output_path
+
+__all__ = ["run_train_confidence"]
+
+
+@register("train-confidence")
+def run_train_confidence(args: argparse.Namespace) -> int:
+    import numpy as np
+    from tqdm import tqdm
+
+    from pesf.errors import PesfError
+    from pesf.models import load_model, model_info, save_checkpoint
+    from pesf.models.confidence import attach_confidence_module
+    from pesf.train import CaseStore
+    from pesf.train.confidence import train_confidence_module
+    from pesf.train.samples import prepare_sample
+
+    out = check_output_path(args.out, "model")
+    if args.regions_per_organ < 1:
+        raise PesfError(f"--regions-per-organ must be at least 1, got {args.regions_per_organ}")
+    store = CaseStore(args.workspace)
+    samples = store.samples(("accepted",))
+    if not samples:
+        raise PesfError(
+            f"the case store {args.workspace} has no accepted organs to learn from; add cases with `pesf cases add`"
+        )
+    model = load_model(args.model)
+    rng = np.random.default_rng(args.seed)
+    pairs = []
+    for case_id, record in tqdm(samples, desc="regions", unit="organ", disable=None):
+        data = store.load_case(case_id)
+        for k in range(args.regions_per_organ):
+            sample = prepare_sample(
+                data.image,
+                data.label,
+                record.value,
+                data.unknown,
+                rng,
+                augment=k > 0,
+                case_id=case_id,
+                organ=record.name,
+            )
+            pairs.append((sample.image, sample.target))
+
+    bar = tqdm(total=args.epochs, desc="confidence module", unit="epoch", disable=None)
+
+    def progress(done: int, total: int, message: str) -> None:
+        bar.total = total
+        bar.n = done
+        bar.set_postfix_str(message)
+        bar.refresh()
+
+    module, metrics = train_confidence_module(
+        model, pairs, epochs=args.epochs, seed=args.seed, progress=progress, target_dice=args.target_dice
+    )
+    bar.close()
+    info = model_info(model)
+    attach_confidence_module(
+        model,
+        module,
+        {
+            "threshold": float(metrics["threshold"]),
+            "target_dice": args.target_dice,
+            "val_spearman": metrics.get("val_spearman"),
+            "val_mae": metrics.get("val_mae"),
+            "trained_on": {"workspace": str(args.workspace), "organs": len(samples), "regions": len(pairs)},
+        },
+    )
+    metadata = dict(model.metadata or {})
+    metadata["source"] = f"{info.get('source')}; confidence module trained on {len(pairs)} regions"
+    save_checkpoint(model, out, metadata=metadata)
+    spearman = metrics.get("val_spearman")
+    print(
+        f"confidence module: validation MAE {metrics['val_mae']:.3f} (constant guess {metrics['val_mae_constant']:.3f}), "
+        f"Spearman {'n/a' if spearman is None else f'{spearman:.2f}'}, threshold {metrics['threshold']:.2f}"
+    )
+    print(f"wrote {out}")
+    return 0
