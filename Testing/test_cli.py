@@ -378,3 +378,12 @@ def test_console_script_prints_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.startswith("pesf: error:") and "Traceback" not in proc.stderr
     assert not (tmp_path / "o.nii.gz").exists()
+
+
+def test_scratch_model_spec(capsys):
+    """``scratch:CONFIG[:SEED]`` names an untrained model to train from scratch (the default model's recipe)."""
+    code, stdout, _ = _run(["info", "--model", "scratch:tiny:3", "--json"], capsys)
+    info = json.loads(stdout)
+    assert code == 0 and info["name"] == "tiny" and info["trained"] is False
+    code, _, stderr = _run(["info", "--model", "scratch:huge"], capsys)
+    assert code == 2 and stderr.startswith("pesf: error:") and "huge" in stderr

@@ -254,7 +254,8 @@ def load_model(model: str | Path, device: str | torch.device = "cpu") -> Sam3D:
         model: a checkpoint file (SAM-Med3D or PESF format) or the name of a bundled model
             (``Resources/Models/<name>.pt``, see :func:`available_models`). ``default`` without a bundled file
             gives an untrained model of the :data:`~pesf.models.config.DEFAULT_CONFIG` configuration
-            (fixed seed), marked ``trained = False``.
+            (fixed seed), marked ``trained = False``. ``scratch:CONFIG`` or ``scratch:CONFIG:SEED`` gives an
+            untrained model of that configuration, to train from scratch (e.g. ``scratch:tiny:0``).
         device: where to put the weights.
 
     Returns:
@@ -265,6 +266,8 @@ def load_model(model: str | Path, device: str | torch.device = "cpu") -> Sam3D:
             unavailable device.
     """
     dev = _device(device)
+    if isinstance(model, str) and model.startswith("scratch:"):
+        return _scratch_model(model).to(dev)
     path, name = _resolve(model)
     if name is not None:
         bundled = models_dir() / f"{name}.pt"
@@ -287,6 +290,25 @@ def load_model(model: str | Path, device: str | torch.device = "cpu") -> Sam3D:
     result.source = str(path.resolve()) if name is None else f"bundled model {name!r} ({path})"
     logger.info("loaded %s model from %s", result.config.name, result.source)
     return result.to(dev).eval()
+
+
+def _scratch_model(spec: str) -> Sam3D:
+    """``scratch:CONFIG[:SEED]``: an untrained model with seeded random weights."""
+    parts = spec.split(":")
+    if len(parts) not in (2, 3) or not parts[1]:
+        raise PesfError(
+            f"cannot read model {spec!r}: write scratch:CONFIG or scratch:CONFIG:SEED, e.g. scratch:tiny:0"
+        )
+    try:
+        seed = int(parts[2]) if len(parts) == 3 else _UNTRAINED_SEED
+    except ValueError:
+        raise PesfError(f"cannot read model {spec!r}: the seed {parts[2]!r} is not a whole number") from None
+    try:
+        result = build_model(parts[1], seed=seed)
+    except (KeyError, ValueError) as exc:
+        raise PesfError(f"cannot build model {spec!r}: {exc}") from None
+    result.source = f"untrained {parts[1]} configuration (seed {seed})"
+    return result.eval()
 
 
 def _check_plain(value: Any, where: str) -> None:
