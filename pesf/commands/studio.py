@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+from pathlib import Path
 
 from pesf.cli import register
 from pesf.errors import PesfError
@@ -19,6 +20,8 @@ def run_studio(args: argparse.Namespace) -> int:
         raise PesfError(f"--port must be between 0 and 65535, got {args.port}")
     if args.max_steps is not None and args.max_steps < 1:
         raise PesfError(f"--max-steps must be at least 1, got {args.max_steps}")
+    if args.image and not Path(args.image).expanduser().exists():
+        raise PesfError(f"the image '{args.image}' does not exist; give a volume file or a DICOM folder")
     missing = [name for name in _EXTRA if importlib.util.find_spec(name) is None]
     if missing:
         raise PesfError(

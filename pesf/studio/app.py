@@ -129,12 +129,12 @@ class StudioApp(TrameApp):
         self.train = TrainPanel(self, self.config.workspace, self.config.max_steps)
         self.ui = build_ui(self)
         self._poll_task: asyncio.Task | None = None
+        self._last_failure: dict[str, str] = {}
         self._volume_node = None
         self._loading = False
-        self.ready = asyncio.Event()
         if self.config.workspace:
-            self._try(self.train.set_workspace, "Opening the workspace")
-        choice = self._try(
+            self.attempt(self.train.set_workspace, "Opening the workspace")
+        choice = self.attempt(
             lambda: model_choice(self.config.model, self.config.workspace, self.scene.scene),
             "Choosing the model",
         )
@@ -151,9 +151,15 @@ class StudioApp(TrameApp):
         if error:
             self.state.studio_error = message
 
-    def fail(self, action: str, exc: BaseException) -> None:
-        """Report a failed action; unexpected exceptions are logged with their traceback."""
+    def fail(self, action: str, exc: BaseException, repeated: bool = False) -> None:
+        """Report a failed action; unexpected exceptions are logged with their traceback.
+
+        ``repeated``: the same failure as the last one of a periodic task; logged at debug level only.
+        """
         message = _user_message(exc)
+        if repeated:
+            logger.debug("%s failed again: %s", action, message)
+            return
         if isinstance(exc, PesfError | ValueError | OSError):
             logger.warning("%s failed: %s", action, message)
         else:
@@ -161,12 +167,20 @@ class StudioApp(TrameApp):
         with self.state:
             self.report(f"{action} failed: {message}", error=True)
 
-    def _try(self, fn, action: str):
+    def attempt(self, fn, action: str):
+        """``fn()``, or ``None`` after reporting its failure (for callbacks that are not page actions).
+
+        A periodic task failing the same way again and again is reported once.
+        """
         try:
-            return fn()
+            result = fn()
         except Exception as exc:  # noqa: BLE001 - reported in the page
-            self.fail(action, exc)
+            message = _user_message(exc)
+            self.fail(action, exc, repeated=self._last_failure.get(action) == message)
+            self._last_failure[action] = message
             return None
+        self._last_failure.pop(action, None)
+        return result
 
     # ------------------------------------------------------------------ life cycle
     def _on_server_ready(self, **_) -> None:
@@ -180,9 +194,9 @@ class StudioApp(TrameApp):
             await asyncio.sleep(_RESULT_POLL_S)
             tick += 1
             with self.state:
-                self._try(self.segment.poll, "Updating the segments")
+                self.attempt(self.segment.poll, "Updating the segments")
                 if tick % _TRAIN_POLL_EVERY == 0:
-                    self._try(self.train.poll, "Following the training")
+                    self.attempt(self.train.poll, "Following the training")
 
     def cleanup(self) -> None:
         """Stop the inference thread (a running trainer keeps running: it is its own process)."""
@@ -216,7 +230,6 @@ class StudioApp(TrameApp):
             self._loading = False
             with self.state:
                 self.state.studio_loading = False
-            self.ready.set()
 
     def _show_volume(self, volume, name: str) -> None:
         previous = [self._volume_node, *self.segment.volume_nodes()] if self._volume_node is not None else []
@@ -236,8 +249,8 @@ class StudioApp(TrameApp):
 
     # ------------------------------------------------------------------ organs
     @guarded("Adding the organ")
-    def on_add_organ(self) -> None:
-        self.segment.add_organ()
+    def on_add_organ(self, name: str | None = None) -> None:
+        self.segment.add_organ(name)
 
     @guarded("Selecting the organ")
     def on_select_organ(self, name: str) -> None:
@@ -261,26 +274,29 @@ class StudioApp(TrameApp):
         self.segment.reject(name)
 
     @guarded("Accepting organs above the threshold")
-    def on_accept_above(self) -> None:
-        self.segment.accept_above()
+    def on_accept_above(self, threshold: float | None = None) -> None:
+        self.segment.accept_above(threshold)
 
     @guarded("Exporting")
     def on_export(self) -> None:
         self.segment.export()
 
     @guarded("Sending to training")
-    def on_send_to_training(self) -> None:
-        self.segment.send_to_training(self.state.train_workspace)
-        self.train.set_workspace(self.state.train_workspace)
+    def on_send_to_training(
+        self, workspace: str | None = None, case_id: str | None = None, overwrite: bool | None = None
+    ) -> None:
+        workspace = workspace if workspace is not None else self.state.train_workspace
+        self.segment.send_to_training(workspace, case_id, overwrite)
+        self.train.set_workspace(workspace)
 
     # ------------------------------------------------------------------ training
     @guarded("Opening the workspace")
-    def on_set_workspace(self) -> None:
-        self.train.set_workspace()
+    def on_set_workspace(self, workspace: str | None = None) -> None:
+        self.train.set_workspace(workspace)
 
     @guarded("Starting the training")
-    def on_start_training(self) -> None:
-        self.train.start()
+    def on_start_training(self, workspace: str | None = None, max_steps: int | str | None = None) -> None:
+        self.train.start(workspace, max_steps)
 
     @guarded("Stopping the training")
     def on_stop_training(self) -> None:

@@ -149,34 +149,40 @@ class ObjectEventObserver:
         key = _key(obj)
         entry = self._observed.get(key)
         if entry is None:
-            entry = (weakref.ref(obj), {}, obj.AddObserver(_DELETE_EVENT, self._trampoline(self._forget)))
+            entry = (
+                weakref.ref(obj),
+                {},
+                obj.AddObserver(_DELETE_EVENT, self._trampoline("_forget", key)),
+            )
             self._observed[key] = entry
         tags = entry[1]
         if event not in tags:
-            tags[event] = obj.AddObserver(event, self._trampoline(self._dispatch))
+            tags[event] = obj.AddObserver(event, self._trampoline("_dispatch", event))
 
-    def _trampoline(self, method) -> Callable[[Any, str], None]:
-        """A VTK observer calling ``method`` while this object lives (VTK must not keep it alive)."""
+    def _trampoline(self, method: str, bound) -> Callable[[Any, str], None]:
+        """A VTK observer calling ``self.<method>(caller, bound)`` while this object lives.
+
+        What the method needs is bound here rather than read back from what VTK passes: the event name has
+        no id for the user events MRML defines (``vtkMRMLScene.EndCloseEvent``...), and the caller of a
+        ``DeleteEvent`` reaches Python as ``None``. Only a weak reference to ``self`` is held, so VTK does
+        not keep the observer alive.
+        """
         this = weakref.ref(self)
-        name = method.__name__
 
-        def observer(caller, event_name: str) -> None:
+        def observer(caller, _event_name: str) -> None:
             target = this()
             if target is not None:
-                getattr(target, name)(caller, event_name)
+                getattr(target, method)(caller, bound)
 
         return observer
 
-    def _forget(self, caller, _event_name: str) -> None:
-        """The object is being destroyed: drop it without touching its observers."""
-        self._observed.pop(_key(caller), None)
+    def _forget(self, _caller, key: str) -> None:
+        """An observed object is being destroyed: drop it without touching its observers."""
+        self._observed.pop(key, None)
 
-    def _dispatch(self, caller, event_name: str) -> None:
+    def _dispatch(self, caller, event_id: int) -> None:
         if self._blocked or self._callback is None:
             return
-        from vtkmodules.vtkCommonCore import vtkCommand
-
-        event_id = vtkCommand.GetEventIdFromString(event_name)
         try:
             self._callback(caller, event_id, None)
         except Exception:  # as the C++ class does: report, keep observing

@@ -9,6 +9,7 @@ Slicer (window/level), so clicking never costs the user the usual mouse interact
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Callable
@@ -36,6 +37,39 @@ class SliceClick:
     view: str
     ras: tuple[float, float, float]
     control: bool = False
+
+
+@contextlib.contextmanager
+def _vtk_warnings_off():
+    import vtk
+
+    previous = vtk.vtkObject.GetGlobalWarningDisplay()
+    vtk.vtkObject.GlobalWarningDisplayOff()
+    try:
+        yield
+    finally:
+        vtk.vtkObject.SetGlobalWarningDisplay(previous)
+
+
+def _view_marker(view_id: str, view) -> None:
+    """An invisible element naming the view (``pesf-view-Red``...), beside its streamed image."""
+    from trame.widgets import html
+
+    html.Div(id=f"pesf-view-{view.get_singleton_tag()}", style="display: none")
+
+
+def _slice_view_ui(server, view_id: str, view) -> None:
+    from trame_slicer.app.ui import create_vertical_slice_view_gutter_ui
+
+    _view_marker(view_id, view)
+    create_vertical_slice_view_gutter_ui(server, view_id, view)
+
+
+def _threed_view_ui(server, view_id: str, view) -> None:
+    from trame_slicer.app.ui import create_vertical_view_gutter_ui
+
+    _view_marker(view_id, view)
+    create_vertical_view_gutter_ui(server, view_id, view)
 
 
 def volume_to_node(scene, volume, name: str):
@@ -81,7 +115,16 @@ class StudioScene:
         self.on_click = on_click
         self.app = SlicerApp()
         self.scene = self.app.scene
-        register_rca_factories(self.app.view_manager, server, target_fps=20.0, blur_fps=5.0)
+        register_rca_factories(
+            self.app.view_manager,
+            server,
+            slice_view_ui_f=_slice_view_ui,
+            three_d_view_ui_f=_threed_view_ui,
+            target_fps=20.0,
+            blur_fps=5.0,
+            # equal to the scheduler's still quality: each change is rendered and sent once, not twice
+            interactive_quality=90,
+        )
         self.layout_manager = LayoutManager(self.scene, self.app.view_manager, server)
         axial = ViewLayoutDefinition.axial_view()
         sagittal = ViewLayoutDefinition.sagittal_view()
@@ -94,8 +137,15 @@ class StudioScene:
                 Layout(LayoutDirection.Horizontal, [sagittal, coronal]),
             ],
         )
-        self.layout_manager.register_layout(self.LAYOUT_ID, grid)
+        with _vtk_warnings_off():  # trame-slicer observes an interactor event VTK 9.6 deprecates
+            self.layout_manager.register_layout(self.LAYOUT_ID, grid)
         self.layout_manager.set_layout(self.LAYOUT_ID)
+        for view in self.app.view_manager.get_views():
+            # trame-slicer asks for 8x multisampling and, in 3D, depth peeling. On software OpenGL (llvmpipe)
+            # the two together make translucent surfaces (pending segments) vanish, and depth peeling makes
+            # each 3D frame of such surfaces take seconds; plain alpha blending is good enough here
+            view.render_window().SetMultiSamples(0)
+            view.renderer().SetUseDepthPeeling(False)
         self._press: dict[str, tuple[int, int]] = {}
         for view in self.slice_views().values():
             self._observe_clicks(view)
@@ -109,6 +159,14 @@ class StudioScene:
     def threed_view(self):
         views = self.app.view_manager.get_threed_views()
         return views[0] if views else None
+
+    def fit_threed_view(self) -> bool:
+        """Fit the 3D view to what it shows (segment surfaces); returns whether something was shown."""
+        view = self.threed_view()
+        if view is None or not view.renderer().VisibleActorCount():
+            return False
+        view.reset_view()
+        return True
 
     def render_all(self) -> None:
         for view in self.app.view_manager.get_views():

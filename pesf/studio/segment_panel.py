@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from pesf.studio.scene import SliceClick
@@ -73,6 +75,9 @@ class SegmentPanel:
         self.logic = PESFSegmentLogic(studio.scene.scene, eventCallback=self._on_event)
         self.logic.polarityProvider = lambda: bool(self.state.seg_positive)
         self.export_dir = Path(tempfile.mkdtemp(prefix="pesf-studio-exports-"))
+        self._fitted_3d = False
+        self._updated_at: dict[str, float] = {}
+        self._voxel_counts: dict[str, tuple[float | None, int]] = {}
         self.state.update(
             {
                 "seg_organs": [],
@@ -96,8 +101,12 @@ class SegmentPanel:
                 "seg_model": "",
             }
         )
-        self.state.change("seg_confidence_visible", "seg_confidence_opacity")(self._on_confidence_display)
-        self.state.change("seg_surfaces")(self._on_surfaces)
+        self.state.change("seg_confidence_visible", "seg_confidence_opacity")(
+            lambda **_: studio.attempt(self._on_confidence_display, "Showing the confidence map")
+        )
+        self.state.change("seg_surfaces")(
+            lambda **_: studio.attempt(self._on_surfaces, "Showing the surfaces")
+        )
 
     def load_organ_names(self) -> None:
         from PESFSegmentLib import standardOrgans
@@ -108,13 +117,22 @@ class SegmentPanel:
     def _on_event(self, event, info: dict) -> None:
         if event == self._events.ERROR:
             self.studio.report(info.get("message", "error"), error=True)
+        elif event == self._events.SEGMENT_UPDATED:
+            self._updated_at[info.get("organ")] = time.time()
+            if self.state.seg_surfaces:  # new segments get a surface too (no-op for up-to-date ones)
+                self.logic.segmentationNode.CreateClosedSurfaceRepresentation()
+            if not self._fitted_3d:
+                self._fitted_3d = self.studio.scene.fit_threed_view()
         elif event == self._events.MODEL_LOADED:
             self.state.seg_model = info.get("version", "")
             self.studio.report(f"Model {info.get('version', '')} ready: click an organ in a slice view.")
 
     def poll(self) -> bool:
         """Apply the inference thread's results to the scene; returns whether anything changed."""
+        start = time.perf_counter()
         count = self.logic.processResults()
+        if count:
+            logger.debug("applied %d inference result(s) in %.3f s", count, time.perf_counter() - start)
         busy = self.logic.busy
         if busy != self.state.seg_busy:
             self.state.seg_busy = busy
@@ -152,6 +170,9 @@ class SegmentPanel:
     def set_volume(self, node) -> None:
         """Segment ``node`` from now on (raises ``ValueError`` for a volume the Logic refuses)."""
         self.logic.setInputVolume(node)
+        self._fitted_3d = False
+        self._updated_at.clear()
+        self._voxel_counts.clear()
         self.state.seg_export_url = self.state.seg_export_name = ""
         self._on_confidence_display()
         self._on_surfaces()
@@ -166,6 +187,7 @@ class SegmentPanel:
 
     # ------------------------------------------------------------------ organs and prompts
     def add_organ(self, text: str | None = None) -> None:
+        """Add an organ by name (default: the one typed in the page) and select it."""
         state = self.logic.addOrgan(text if text is not None else self.state.seg_new_organ)
         self.state.seg_new_organ = ""
         self.refresh()
@@ -208,20 +230,20 @@ class SegmentPanel:
         self.logic.rejectOrgan(name)
         self.refresh()
 
-    def accept_above(self) -> None:
-        chosen = self.logic.acceptAboveThreshold(float(self.state.seg_threshold))
+    def accept_above(self, threshold: float | None = None) -> None:
+        """Accept every pending organ whose confidence reaches ``threshold`` (default: the page's)."""
+        threshold = float(threshold if threshold is not None else self.state.seg_threshold)
+        chosen = self.logic.acceptAboveThreshold(threshold)
         self.refresh()
-        self.studio.report(
-            f"Accepted {len(chosen)} organ(s) with confidence ≥ {float(self.state.seg_threshold):.2f}."
-        )
+        self.studio.report(f"Accepted {len(chosen)} organ(s) with confidence ≥ {threshold:.2f}.")
 
-    def _on_confidence_display(self, **_) -> None:
+    def _on_confidence_display(self) -> None:
         self.logic.showConfidenceMap(
             bool(self.state.seg_confidence_visible), float(self.state.seg_confidence_opacity)
         )
         self.studio.scene.render_all()
 
-    def _on_surfaces(self, **_) -> None:
+    def _on_surfaces(self) -> None:
         node = self.logic.segmentationNode
         if node is None:
             return
@@ -244,35 +266,48 @@ class SegmentPanel:
         self.studio.report(f"Exported {len(self.logic.acceptedOrgans())} organ(s) to {written.name}.")
         return written
 
-    def send_to_training(self, workspace: str) -> str:
-        """Send the volume and its reviewed organs to the case store at ``workspace``; returns the case id."""
+    def send_to_training(
+        self, workspace: str, case_id: str | None = None, overwrite: bool | None = None
+    ) -> str:
+        """Send the volume and its reviewed organs to the case store at ``workspace``; returns the case id.
+
+        ``case_id`` defaults to the volume's name; ``overwrite`` replaces a case of that id.
+        """
         if not workspace:
             raise ValueError("Choose a training workspace (folder) first.")
-        record = self.logic.sendToTraining(
-            Path(workspace).expanduser(), self.state.seg_case_id or None, bool(self.state.seg_overwrite)
-        )
+        overwrite = bool(self.state.seg_overwrite if overwrite is None else overwrite)
+        record = self.logic.sendToTraining(Path(workspace).expanduser(), case_id or None, overwrite)
         self.studio.report(f"Sent case {record.case_id} ({len(record.organs)} organs) to {workspace}.")
         return record.case_id
 
-    def status(self) -> dict:
-        """The organs with their voxel counts in the scene (for the status endpoint)."""
+    def _voxels(self, name: str, state) -> int:
+        """Voxels of an organ's segment on the volume's grid, counted once per segment update."""
         from PESFSegmentLib.export import segmentMask
 
+        stamp = self._updated_at.get(name)
+        cached = self._voxel_counts.get(name)
+        if cached is None or cached[0] != stamp:
+            mask = segmentMask(self.logic.segmentationNode, state.segmentId, self.logic.volumeNode)
+            cached = self._voxel_counts[name] = (stamp, int(mask.sum()))
+        return cached[1]
+
+    def status(self) -> dict:
+        """The organs with their voxel counts in the scene (for the status endpoint)."""
         logic = self.logic
         organs = {}
         for name, state in logic.organs.items():
-            voxels = 0
-            if logic.segmentationNode is not None:
-                voxels = int(segmentMask(logic.segmentationNode, state.segmentId, logic.volumeNode).sum())
             organs[name] = {
                 "status": state.status,
                 "confidence": state.confidence,
                 "volume_ml": state.volumeMl,
                 "clicks": state.clicks,
-                "voxels": voxels,
+                "voxels": self._voxels(name, state) if logic.segmentationNode is not None else 0,
                 "label_value": state.entry.labelValue,
+                "updated_at": self._updated_at.get(name),
             }
         return {"organs": organs, "busy": logic.busy, "model": logic.modelVersion}
 
     def cleanup(self) -> None:
+        """Stop the inference thread and delete the exported files."""
         self.logic.cleanup()
+        shutil.rmtree(self.export_dir, ignore_errors=True)

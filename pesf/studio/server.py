@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 from collections.abc import Callable
 
+from pesf.errors import PesfError
 from pesf.studio.security import LOCAL_HOST, AccessPolicy, check_serving
 
 __all__ = ["STATUS_PATH", "configure_rendering", "serve", "studio_url"]
@@ -33,9 +35,10 @@ def configure_rendering() -> None:
 
 
 def studio_url(host: str, port: int, token: str | None) -> str:
-    """The address of the page (with the token when there is one)."""
+    """The address of the page (with the token when there is one); a wildcard host shows the machine's name."""
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - naming the address, not binding
+        host = socket.gethostname()
     shown = f"[{host}]" if ":" in host else host
-    shown = LOCAL_HOST if host in ("0.0.0.0", "::") else shown  # noqa: S104 - printing, not binding
     return f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
 
 
@@ -72,7 +75,7 @@ def serve(
         on_ready: called with the page's address once the server listens (default: print it).
 
     Raises:
-        pesf.errors.PesfError: bad token.
+        pesf.errors.PesfError: bad token, or the address cannot be served on.
     """
     config.token = check_serving(host, config.token)
     configure_rendering()
@@ -83,6 +86,7 @@ def serve(
     policy = AccessPolicy(config.token, port)
     server = get_server("pesf_studio", client_type="vue3")
     argv, sys.argv = sys.argv, sys.argv[:1]  # trame reads sys.argv; Studio's options are not trame's
+    studio = None
     try:
         studio = StudioApp(server, config)
 
@@ -99,14 +103,21 @@ def serve(
                 on_ready(url)
             else:
                 print(f"PESF Studio: {url}", flush=True)
-                if config.token and host != LOCAL_HOST:
+                if host != LOCAL_HOST:
                     print(
-                        "Anyone with this address (and its token) can use Studio: share it with care.",
+                        "Anyone with this address can use Studio, and plain HTTP does not hide the token on the "
+                        "network: prefer an SSH tunnel or a TLS reverse proxy.",
                         flush=True,
                     )
 
-        server.start(host=host, port=port, open_browser=False, show_connection_info=False, timeout=0)
+        try:
+            server.start(host=host, port=port, open_browser=False, show_connection_info=False, timeout=0)
+        except OSError as exc:  # the port is taken, or the host is not an address of this machine
+            raise PesfError(
+                f"cannot serve on {host}:{port}: {exc.strerror or exc}; choose another --port or --host"
+            ) from None
     finally:
         sys.argv = argv
-    studio.cleanup()
+        if studio is not None:
+            studio.cleanup()
     return 0

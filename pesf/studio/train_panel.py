@@ -92,11 +92,19 @@ class TrainPanel:
             self.state.train_cases = len(set(case_ids))
 
     # ------------------------------------------------------------------ the run
-    def start(self) -> None:
-        if self.logic.workspace is None:
+    def start(self, workspace: str | None = None, max_steps: int | str | None = None) -> None:
+        """Start the trainer on ``workspace`` (default: the one followed) for ``max_steps`` steps (default:
+        its configuration's)."""
+        if workspace and (
+            self.logic.workspace is None or Path(workspace).expanduser() != self.logic.workspace
+        ):
+            self.set_workspace(workspace)
+        elif self.logic.workspace is None:
             self.set_workspace()
-        steps = self.state.train_max_steps
-        self.logic.startTraining(maxSteps=int(steps) if steps not in (None, "") else None)
+        steps = None if max_steps in (None, "") else int(max_steps)
+        if steps is not None and steps < 1:
+            raise ValueError(f"The number of steps must be at least 1, got {steps}.")
+        self.logic.startTraining(maxSteps=steps)
         self.state.train_active = True
         self.studio.report("Training started in the background.")
 

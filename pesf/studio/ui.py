@@ -26,18 +26,20 @@ def _volume_bar(studio) -> None:
             variant="outlined",
             clearable=True,
             style="max-width: 560px",
-            keyup_enter=studio.on_load_volume,
+            keyup_enter=(studio.on_load_volume, "[studio_path]"),
+            __events=[("keyup_enter", "keyup.enter")],
         )
         v3.VBtn(
             "Load",
             id="pesf-load",
-            click=studio.on_load_volume,
+            click=(studio.on_load_volume, "[studio_path]"),
             disabled=("studio_loading",),
             prepend_icon="mdi-folder-open",
             classes="ml-2",
             variant="tonal",
         )
         v3.VSpacer()
+        html.Span("{{ seg_busy_text }}", id="pesf-busy", classes="text-caption mr-3 text-primary")
         html.Span("{{ studio_volume_name }}", id="pesf-volume-name", classes="text-caption mr-3")
         html.Span("model {{ seg_model || '…' }}", id="pesf-model", classes="text-caption mr-3")
         v3.VProgressLinear(
@@ -61,11 +63,17 @@ def _organ_panel(studio) -> None:
                 hide_details=True,
             )
         with v3.VCol(cols=4):
-            v3.VBtn("Add", id="pesf-add-organ", click=studio.on_add_organ, block=True, variant="tonal")
-    with v3.VRow(dense=True, classes="align-center mt-1"):
-        with v3.VBtnToggle(v_model=("seg_positive", True), mandatory=True, density="compact"):
-            v3.VBtn("+ positive", value=True, id="pesf-positive", size="small")
-            v3.VBtn("− negative", value=False, id="pesf-negative", size="small")
+            v3.VBtn(
+                "Add",
+                id="pesf-add-organ",
+                click=(studio.on_add_organ, "[seg_new_organ]"),
+                block=True,
+                variant="tonal",
+            )
+    with html.Div(classes="d-flex align-center mt-2"):
+        with v3.VBtnToggle(v_model=("seg_positive", True), mandatory=True, density="compact", divided=True):
+            v3.VBtn("+", value=True, id="pesf-positive", size="small", title="positive points")
+            v3.VBtn("−", value=False, id="pesf-negative", size="small", title="negative points")
         v3.VSwitch(
             v_model=("seg_place", True),
             label="click places points",
@@ -78,10 +86,10 @@ def _organ_panel(studio) -> None:
             icon="mdi-undo", id="pesf-undo", click=studio.on_undo, size="small", variant="text", title="Undo"
         )
     html.Div("Ctrl+click inverts the polarity; drag to change window/level.", classes="text-caption mb-1")
-    with v3.VTable(density="compact", id="pesf-organ-table", hover=True):
+    with v3.VTable(density="compact", id="pesf-organ-table", hover=True, classes="text-body-2"):
         with html.Thead(), html.Tr():
-            for header in ("", "Organ", "Status", "Conf.", "ml", ""):
-                html.Th(header)
+            for header in ("Organ", "Status", "Conf.", "ml", ""):
+                html.Th(header, classes="px-1")
         with html.Tbody():
             with html.Tr(
                 v_for="organ in seg_organs",
@@ -90,24 +98,28 @@ def _organ_panel(studio) -> None:
                 click=(studio.on_select_organ, "[organ.name]"),
                 style=("organ.name === seg_selected ? 'background: rgba(33,150,243,0.18)' : ''",),
             ):
-                with html.Td():
+                with html.Td(classes="px-1"):
                     html.Span(
                         style=(
-                            "`display:inline-block;width:12px;height:12px;border-radius:2px;"
+                            "`display:inline-block;width:10px;height:10px;border-radius:5px;margin-right:6px;"
                             "background:${organ.color}`",
                         )
                     )
-                html.Td("{{ organ.label }}")
-                with html.Td():
+                    html.Span("{{ organ.label }}")
+                with html.Td(classes="px-1"):
                     v3.VChip(
                         "{{ organ.status }}",
                         size="x-small",
                         color=(f"{_STATUS_COLORS}[organ.status]",),
                         id=("'pesf-status-' + organ.name",),
                     )
-                html.Td("{{ organ.confidence === null ? '…' : organ.confidence.toFixed(2) }}")
-                html.Td("{{ organ.volume_ml }}")
-                with html.Td(style="white-space: nowrap"):
+                html.Td(
+                    "{{ organ.confidence === null ? '…' : organ.confidence.toFixed(2) }}",
+                    classes="px-1",
+                    id=("'pesf-confidence-' + organ.name",),
+                )
+                html.Td("{{ organ.volume_ml.toFixed(0) }}", classes="px-1")
+                with html.Td(classes="px-0", style="white-space: nowrap"):
                     v3.VBtn(
                         icon="mdi-check",
                         size="x-small",
@@ -140,7 +152,11 @@ def _organ_panel(studio) -> None:
             )
         with v3.VCol(cols=5):
             v3.VBtn(
-                "Accept ≥", id="pesf-accept-above", click=studio.on_accept_above, size="small", block=True
+                "Accept ≥",
+                id="pesf-accept-above",
+                click=(studio.on_accept_above, "[seg_threshold]"),
+                size="small",
+                block=True,
             )
     v3.VDivider(classes="my-2")
     with v3.VRow(dense=True, classes="align-center"):
@@ -158,6 +174,7 @@ def _organ_panel(studio) -> None:
             density="compact",
             hide_details=True,
             classes="ml-3",
+            color="primary",
         )
     v3.VSlider(
         v_model=("seg_confidence_opacity", 0.5),
@@ -199,7 +216,11 @@ def _organ_panel(studio) -> None:
             )
         with v3.VCol(cols=5):
             v3.VBtn(
-                "Send to training", id="pesf-send", click=studio.on_send_to_training, size="small", block=True
+                "Send to training",
+                id="pesf-send",
+                click=(studio.on_send_to_training, "[train_workspace, seg_case_id, seg_overwrite]"),
+                size="small",
+                block=True,
             )
     v3.VCheckbox(
         v_model=("seg_overwrite", False),
@@ -217,8 +238,9 @@ def _train_panel(studio) -> None:
         density="compact",
         hide_details=True,
         append_inner_icon="mdi-folder-check",
-        click_append_inner=studio.on_set_workspace,
-        keyup_enter=studio.on_set_workspace,
+        click_append_inner=(studio.on_set_workspace, "[train_workspace]"),
+        keyup_enter=(studio.on_set_workspace, "[train_workspace]"),
+        __events=[("keyup_enter", "keyup.enter"), ("click_append_inner", "click:appendInner")],
     )
     html.Div("{{ train_cases }} case(s) in the workspace", classes="text-caption my-1")
     with v3.VRow(dense=True, classes="align-center"):
@@ -234,7 +256,7 @@ def _train_panel(studio) -> None:
             v3.VBtn(
                 "Start",
                 id="pesf-train-start",
-                click=studio.on_start_training,
+                click=(studio.on_start_training, "[train_workspace, train_max_steps]"),
                 disabled=("train_active",),
                 color="primary",
                 size="small",
@@ -285,7 +307,7 @@ def build_ui(studio):
     with VAppLayout(studio.server, fill_height=True) as layout:
         layout.root.theme = "dark"
         _volume_bar(studio)
-        with v3.VNavigationDrawer(permanent=True, width=430, location="left"):
+        with v3.VNavigationDrawer(permanent=True, width=450, location="left"):
             with v3.VTabs(v_model=("studio_tab", "segment"), density="compact", grow=True):
                 v3.VTab("Organs", value="segment", id="pesf-tab-segment")
                 v3.VTab("Training", value="train", id="pesf-tab-train")
