@@ -333,9 +333,14 @@ class StudioApp(TrameApp):
 
 
 def _sample_image() -> Path:
+    """The bundled sample CT, as a path relative to the working folder when it lies below it."""
     from pesf.resources import sample_data_dir
 
-    return sample_data_dir() / "A_ts_ct" / "A_ct_full_image.nii.gz"
+    path = sample_data_dir() / "A_ts_ct" / "A_ct_full_image.nii.gz"
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path
 
 
 def _volume_name(path: Path) -> str:
