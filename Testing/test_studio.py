@@ -34,7 +34,7 @@ from pesf.studio.svgplot import Series, line_chart
 
 TOKEN = "studio-test-token-0123456789"
 LIVER = 5  # TotalSegmentator "total" label of the liver
-WAIT_S = 90.0  # generous: CI machines are small and may be busy
+WAIT_S = 120.0
 SEGMENT_PIXELS = 1500  # changed pixels showing a segment (a point marker changes ~100)
 
 # --------------------------------------------------------------------------- compatibility shim
