@@ -196,19 +196,16 @@ def test_every_command_has_complete_help():
 # ----------------------------------------------------------------------------------- bad input
 
 
+def _liver_prompt(path: Path, position: list[int], positive: bool) -> Path:
+    """A PESF prompt file with one liver point in voxel indices."""
+    organ = {"name": "liver", "value": 5, "points": [{"position": position, "positive": positive}]}
+    path.write_text(json.dumps({"space": "IJK", "organs": [organ]}))
+    return path
+
+
 def _bad_inputs(tmp: Path, samples, tiny_model: Path) -> dict[str, tuple[list, str]]:
     ct = samples.ct_image
-    good = tmp / "good.json"
-    good.write_text(
-        json.dumps(
-            {
-                "space": "IJK",
-                "organs": [
-                    {"name": "liver", "value": 5, "points": [{"position": [60, 50, 15], "positive": True}]}
-                ],
-            }
-        )
-    )
+    good = _liver_prompt(tmp / "good.json", [60, 50, 15], positive=True)
     flat = tmp / "flat.nii.gz"
     sitk.WriteImage(sitk.Image(8, 9, sitk.sitkInt16), str(flat))
     four = tmp / "four.nii.gz"
@@ -221,28 +218,8 @@ def _bad_inputs(tmp: Path, samples, tiny_model: Path) -> dict[str, tuple[list, s
     sitk.WriteImage(nan_img, str(nan))
     text = tmp / "notes.nii.gz"
     text.write_text("not an image")
-    outside = tmp / "outside.json"
-    outside.write_text(
-        json.dumps(
-            {
-                "space": "IJK",
-                "organs": [
-                    {"name": "liver", "value": 5, "points": [{"position": [500, 50, 15], "positive": True}]}
-                ],
-            }
-        )
-    )
-    negative_only = tmp / "neg.json"
-    negative_only.write_text(
-        json.dumps(
-            {
-                "space": "IJK",
-                "organs": [
-                    {"name": "liver", "value": 5, "points": [{"position": [60, 50, 15], "positive": False}]}
-                ],
-            }
-        )
-    )
+    outside = _liver_prompt(tmp / "outside.json", [500, 50, 15], positive=True)
+    negative_only = _liver_prompt(tmp / "neg.json", [60, 50, 15], positive=False)
     empty = tmp / "empty.json"
     empty.write_text("")
     malformed = tmp / "malformed.json"

@@ -443,7 +443,7 @@ class InteractiveSession:
                 [[lo_hi[0][a], lo_hi[1][b], lo_hi[2][c]] for a in (0, 1) for b in (0, 1) for c in (0, 1)],
                 dtype=np.float64,
             )
-            region = self._regions.get(key) or self._region_at(key)
+            region = self._region_at(key)
             img_idx = self.image.lps_to_index(region.index_to_lps(corners))
             lo = np.clip(np.floor(img_idx.min(axis=0)).astype(int), 0, shape)
             hi = np.clip(np.ceil(img_idx.max(axis=0)).astype(int) + 1, 0, shape)
