@@ -138,6 +138,8 @@ def test_unknown_config_keys_are_named(tmp_path):
         {"val_fraction": 1.5},
         {"amp": "maybe"},
         {"steps": "10"},
+        {"training_clicks": "random"},
+        {"loss_size": -64},
     ],
 )
 def test_invalid_settings_are_refused(bad):
@@ -224,6 +226,36 @@ def test_steps_have_finite_loss_and_train_the_right_weights(ws, tiny, trainable)
     )
     assert encoder_same == (trainable == "decoder")
     assert not decoder_same
+
+
+def test_coarse_loss_grid_matches_the_full_grid_loss(ws, tiny):
+    """The loss on a half-resolution grid (``loss_size``) stays close to the loss on the region's grid and
+    trains the same weights; clicks land on the organ, in region coordinates."""
+    from pesf.models import load_model
+    from pesf.train.clicks import TrainingClicker
+    from pesf.train.trainer import InteractiveStep
+
+    model = load_model(tiny)
+    size = model.config.image_size
+    grid = torch.stack(torch.meshgrid(*[torch.arange(size, dtype=torch.float32)] * 3, indexing="ij"))
+    target = (((grid - 60.0) ** 2).sum(0) < 20.0**2).float()[None, None]
+    image = (target * 2.0 - 1.0) + 0.1 * torch.randn_like(target)
+    known = torch.ones_like(target, dtype=torch.bool)
+    losses = {}
+    for loss_size in (0, size // 2):
+        torch.manual_seed(0)
+        step = InteractiveStep(model, 1, True, loss_size=loss_size)
+        loss, _, preds = step(image, target, known, [TrainingClicker(3)], [1.5])
+        losses[loss_size] = float(loss.detach())
+        assert preds[0].shape[-1] == (loss_size or size)
+        model.zero_grad()
+        loss.backward()
+        assert model.image_encoder.patch_embed.proj.weight.grad.abs().sum() > 0
+    assert abs(losses[0] - losses[size // 2]) < 0.05 * losses[0]
+    with pytest.raises(PesfError, match="loss_size 48 must divide"):
+        _trainer(ws, tiny, loss_size=48)
+    trainer = _trainer(ws, tiny, loss_size=size // 2, training_clicks="fast")
+    assert np.isfinite(trainer.train_step().loss)
 
 
 def test_resumed_state_continues_exactly(ws, tiny, tmp_path):

@@ -40,6 +40,7 @@ _CHOICES = {
     "trainable": ("all", "decoder"),
     "curriculum_kind": ("linear", "root", "step"),
     "loss_reduction": ("mean", "sum"),
+    "training_clicks": ("fast", "exact"),
 }
 
 
@@ -61,6 +62,13 @@ class TrainConfig:
         click_iterations: simulated clicks per sample; each decodes with all clicks so far and the previous
             low-resolution mask as prompt, and each adds its loss (SAM-Med3D's interactive training).
         loss_reduction: how the per-click losses combine: ``"mean"`` or ``"sum"``.
+        training_clicks: the simulated user of the training steps: ``"fast"`` (SAM-Med3D's random clicks in
+            the larger error class, :class:`pesf.train.clicks.TrainingClicker`) or ``"exact"`` (the benchmark
+            user, :class:`pesf.eval.clicks.ClickSimulator`, slower on noisy masks). Validation always uses
+            the benchmark user.
+        loss_size: voxels per side of the grid where the training loss is computed and clicks simulated:
+            0 for the region's own (SAM-Med3D), or a divisor of it such as 64 (several times faster on a CPU;
+            validation always measures on the region's grid).
         trainable: ``"all"`` or ``"decoder"`` (mask decoder and prompt encoder; the image encoder is frozen).
         amp: mixed precision: ``"auto"`` (on for CUDA), ``true`` or ``false``.
         grad_clip: clip the gradient norm to this value (0: no clipping).
@@ -98,6 +106,8 @@ class TrainConfig:
     accumulate: int = 1
     click_iterations: int = 5
     loss_reduction: str = "mean"
+    training_clicks: str = "fast"
+    loss_size: int = 0
     trainable: str = "all"
     amp: bool | str = "auto"
     grad_clip: float = 1.0
@@ -133,7 +143,7 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 p.append(f"{name} must be a whole number of at least 1 (got {value!r})")
-        for name in ("warmup_steps", "val_every", "save_every", "version_every", "seed"):
+        for name in ("warmup_steps", "val_every", "save_every", "version_every", "seed", "loss_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 p.append(f"{name} must be a whole number of at least 0 (got {value!r})")

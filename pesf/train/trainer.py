@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from pesf.errors import PesfError
 from pesf.eval.clicks import ClickSimulator
 from pesf.models.sam3d import Sam3D
+from pesf.train.clicks import TrainingClicker
 from pesf.train.config import PlanItem, TrainConfig, TrainingPlan, build_plan
 from pesf.train.curriculum import CurriculumSampler
 from pesf.train.distributed import DistContext
@@ -56,14 +57,27 @@ class InteractiveStep(nn.Module):
         click_iterations: clicks simulated per sample.
         train_encoder: run the image encoder with gradients (else under ``no_grad``).
         reduction: ``"mean"`` or ``"sum"`` of the per-click losses.
+        loss_size: voxels per side of the grid where the loss is computed and the clicks are simulated
+            (0: the region's own; else a divisor of it). The decoder's masks are 4x coarser than the region,
+            so a grid of half the region loses little and costs about a seventh as much per click; the
+            target becomes the fraction of organ per coarse voxel and a coarse voxel is known only when all
+            its fine voxels are.
     """
 
-    def __init__(self, model: Sam3D, click_iterations: int, train_encoder: bool, reduction: str = "mean"):
+    def __init__(
+        self,
+        model: Sam3D,
+        click_iterations: int,
+        train_encoder: bool,
+        reduction: str = "mean",
+        loss_size: int = 0,
+    ):
         super().__init__()
         self.model = model
         self.click_iterations = int(click_iterations)
         self.train_encoder = bool(train_encoder)
         self.reduction = reduction
+        self.loss_size = int(loss_size)
 
     def forward(
         self,
@@ -84,15 +98,27 @@ class InteractiveStep(nn.Module):
 
         Returns:
             ``(loss, click_losses (iterations,) detached, predictions)`` with one bool ``(B, S, S, S)``
-            prediction per click iteration.
+            prediction per click iteration (on the loss grid).
         """
         model = self.model
-        size = image.shape[-3:]
+        size = tuple(image.shape[-3:])
+        factor = 1
+        if self.loss_size and self.loss_size < size[0]:
+            factor = size[0] // self.loss_size
+            if any(s % factor for s in size) or size[0] != self.loss_size * factor:
+                raise PesfError(f"loss_size {self.loss_size} does not divide the region size {size[0]}")
+            target = F.avg_pool3d(target.float(), factor)
+            known = F.avg_pool3d(known.float(), factor) > 1.0 - 1e-6
+            size = tuple(s // factor for s in size)
+            spacings = [s * factor for s in spacings]
         with contextlib.nullcontext() if self.train_encoder else torch.no_grad():
             embedding = model.encode(image)
         batch = image.shape[0]
         prev = image.new_zeros((batch, 1, *model.config.low_res_mask_size))
         truth = target[:, 0] > 0.5
+        if not bool(truth.flatten(1).any(1).all()):  # an organ thinner than a coarse voxel: its best ones
+            peak = target[:, 0].flatten(1).amax(1).clamp_min(1e-6)
+            truth = truth | (target[:, 0] >= 0.5 * peak[:, None, None, None])
         coords = [np.zeros((0, 3), np.float32) for _ in range(batch)]
         labels = [np.zeros((0,), np.int64) for _ in range(batch)]
         pred: Tensor | None = None
@@ -101,7 +127,8 @@ class InteractiveStep(nn.Module):
             for b in range(batch):
                 previous = None if pred is None else pred[b]
                 c, lab = simulate_clicks(truth[b], previous, simulators[b], spacings[b])
-                coords[b] = np.concatenate([coords[b], np.asarray(c, np.float32).reshape(-1, 3)])
+                c = np.asarray(c, np.float32).reshape(-1, 3) * factor + 0.5 * (factor - 1)  # region indices
+                coords[b] = np.concatenate([coords[b], c])
                 labels[b] = np.concatenate([labels[b], np.asarray(lab, np.int64).reshape(-1)])
             points = (
                 torch.from_numpy(np.stack(coords)).to(image.device),
@@ -174,11 +201,18 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     def _setup_optimisation(self) -> None:
         cfg = self.config
+        size = self.model.config.image_size
+        if cfg.loss_size and (cfg.loss_size > size or size % cfg.loss_size):
+            raise PesfError(
+                f"loss_size {cfg.loss_size} must divide the model's region size {size}; use 0 or e.g. {size // 2}"
+            )
         train_encoder = cfg.trainable == "all"
         self.model.image_encoder.requires_grad_(train_encoder)
         self.model.prompt_encoder.requires_grad_(True)
         self.model.mask_decoder.requires_grad_(True)
-        self.module = InteractiveStep(self.model, cfg.click_iterations, train_encoder, cfg.loss_reduction)
+        self.module = InteractiveStep(
+            self.model, cfg.click_iterations, train_encoder, cfg.loss_reduction, cfg.loss_size
+        )
         self.forward: nn.Module = self.module
         if self.dist.distributed:
             from torch.nn.parallel import DistributedDataParallel
@@ -280,7 +314,8 @@ class Trainer:
                 item = self.plan.train[self.sampler.sample(draw)]
                 rng = np.random.default_rng([cfg.seed, step, self.dist.rank, micro, b])
                 samples.append(self._prepare(item, rng, train=True))
-                simulators.append(ClickSimulator(int(rng.integers(2**31))))
+                clicker = TrainingClicker if cfg.training_clicks == "fast" else ClickSimulator
+                simulators.append(clicker(int(rng.integers(2**31))))
                 names.append(item.key)
             image, target, known = self._batch(samples)
             last = micro == cfg.accumulate - 1
