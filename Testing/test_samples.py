@@ -405,3 +405,22 @@ def test_synthetic_target_has_its_own_intensity(seed) -> None:
 def test_synthetic_sample_is_all_known() -> None:
     sample = synthetic_sample(np.random.default_rng(0), roi_size=32)
     assert sample.known.all() and sample.target.sum() > 0 and sample.organ == "synthetic"
+
+
+def test_augmentation_overrides_from_a_training_config(ct_volume, ct_labels) -> None:
+    """A training config's ``augmentation`` object replaces the named defaults only; with every pose
+    probability 0 the regions stay in the canonical orientation."""
+    cfg = AugmentConfig.from_overrides(
+        {"flip_prob": 0, "rot90_prob": 0.0, "rotate_prob": 0, "spacing_range": [1.4, 1.6]}
+    )
+    assert (cfg.flip_prob, cfg.rot90_prob, cfg.rotate_prob) == (0.0, 0.0, 0.0)
+    assert cfg.spacing_range == (1.4, 1.6) and cfg.elastic_prob == AugmentConfig().elastic_prob
+    assert AugmentConfig.from_overrides(None) == AugmentConfig()
+    for seed in range(4):
+        sample = prepare_sample(ct_volume, ct_labels, 5, None, np.random.default_rng(seed), config=cfg)
+        assert not {"flip", "rot90", "rotate"} & set(sample.augmentations)
+        assert np.allclose(sample.to_lps[:3, :3] / sample.spacing, ROI_DIRECTION)
+        assert 1.4 <= sample.spacing <= 1.6
+    for bad, message in [({"flip": 1}, "unknown"), ({"noise_prob": -1}, "probability"), ([1], "object")]:
+        with pytest.raises(ValueError, match=message):
+            AugmentConfig.from_overrides(bad)

@@ -140,6 +140,9 @@ def test_unknown_config_keys_are_named(tmp_path):
         {"steps": "10"},
         {"training_clicks": "random"},
         {"loss_size": -64},
+        {"augmentation": {"flip": 0.1}},
+        {"augmentation": {"elastic_prob": 1.5}},
+        {"augmentation": {"spacing_range": [2.0, 1.0]}},
     ],
 )
 def test_invalid_settings_are_refused(bad):

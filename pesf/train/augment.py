@@ -54,9 +54,48 @@ class AugmentConfig:
     noise_std_max: float = 0.1
 
     @classmethod
+    def from_overrides(cls, overrides: dict | None) -> AugmentConfig:
+        """The defaults with some fields replaced (a training config's ``augmentation`` object).
+
+        Raises:
+            ValueError: naming an unknown field or a value of the wrong kind.
+        """
+        if not overrides:
+            return cls()
+        if not isinstance(overrides, dict):
+            raise ValueError(f"must be an object of augmentation settings, not {type(overrides).__name__}")
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(overrides) - set(known))
+        if unknown:
+            raise ValueError(
+                f"unknown augmentation setting(s) {', '.join(unknown)} (known: {', '.join(known)})"
+            )
+        values = {}
+        for name, value in overrides.items():
+            default = getattr(cls, name)
+            if isinstance(default, tuple):
+                ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(_number(v) for v in value)
+                ok = (
+                    ok and 0 <= value[0] <= value[1] if name != "shift_range" else ok and value[0] <= value[1]
+                )
+                if not ok:
+                    raise ValueError(f"{name} must be a pair [low, high] with low <= high (got {value!r})")
+                values[name] = (float(value[0]), float(value[1]))
+            else:
+                if not _number(value) or value < 0 or (name.endswith("_prob") and value > 1):
+                    kind = "a probability in [0, 1]" if name.endswith("_prob") else "a number of at least 0"
+                    raise ValueError(f"{name} must be {kind} (got {value!r})")
+                values[name] = type(default)(value)
+        return cls(**values)
+
+    @classmethod
     def none(cls) -> AugmentConfig:
         """A configuration with every probability 0."""
         return cls(**{f.name: 0.0 for f in fields(cls) if f.name.endswith("_prob")})
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def axis_rotation(axis: np.ndarray, angle: float) -> np.ndarray:

@@ -89,6 +89,9 @@ class TrainConfig:
         start_fraction: fraction of the easiest samples available at step 0.
         full_at: fraction of the run after which every sample is available.
         augment: random flips, intensity and scale augmentation of the training regions.
+        augmentation: probabilities and strengths that replace the defaults of
+            :class:`pesf.train.augment.AugmentConfig`, e.g. ``{"flip_prob": 0.05, "rot90_prob": 0}``
+            (``null``: the defaults).
         spacing: isotropic spacing (mm) of the training regions (SAM-Med3D: 1.5).
         cache_cases: cases kept in memory between steps.
         seed: seeds sampling, augmentation, click simulation and the validation split.
@@ -126,6 +129,7 @@ class TrainConfig:
     start_fraction: float = 0.3
     full_at: float = 0.7
     augment: bool = True
+    augmentation: dict[str, Any] | None = None
     spacing: float = 1.5
     cache_cases: int = 4
     seed: int = 0
@@ -170,6 +174,13 @@ class TrainConfig:
         for name in ("use_pseudo", "use_filtering", "curriculum", "augment"):
             if not isinstance(getattr(self, name), bool):
                 p.append(f"{name} must be true or false (got {getattr(self, name)!r})")
+        if self.augmentation is not None:
+            from pesf.train.augment import AugmentConfig
+
+            try:
+                AugmentConfig.from_overrides(self.augmentation)
+            except ValueError as exc:
+                p.append(f"augmentation: {exc}")
         if not isinstance(self.base_model, str) or not self.base_model:
             p.append(
                 f"base_model must be a model name, a checkpoint path or 'latest' (got {self.base_model!r})"

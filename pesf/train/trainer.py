@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from pesf.errors import PesfError
 from pesf.eval.clicks import ClickSimulator
 from pesf.models.sam3d import Sam3D
+from pesf.train.augment import AugmentConfig
 from pesf.train.clicks import TrainingClicker
 from pesf.train.config import PlanItem, TrainConfig, TrainingPlan, build_plan
 from pesf.train.curriculum import CurriculumSampler
@@ -184,6 +185,7 @@ class Trainer:
         self.resumed_from: int | None = None
         self._cases: dict[str, tuple[Any, Any, np.ndarray]] = {}
         self._samples_per_step = config.batch_size * config.accumulate
+        self._augmentation = AugmentConfig.from_overrides(config.augmentation)
         self.sampler = CurriculumSampler(
             np.array([s.difficulty for s in self.plan.train], dtype=np.float64),
             total_steps=config.steps * self._samples_per_step,
@@ -280,6 +282,7 @@ class Trainer:
             roi_size=self.model.config.image_size,
             spacing=self.config.spacing,
             augment=train and self.config.augment,
+            config=self._augmentation,
             case_id=item.case_id,
             organ=item.organ,
             jitter=train,
