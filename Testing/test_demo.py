@@ -159,3 +159,24 @@ def test_default_model_floor(samples):
         result = session.add_click("liver", point.position_ijk, point.positive)
     score = dice(label.array == liver.value, result.full_mask())
     assert score >= float(floor), f"liver Dice {score:.3f} of the default model is below its floor {floor}"
+
+
+def test_default_model_recipe_is_runnable_as_written():
+    """Every training config of the default model's recipe is valid for ``pesf train``, and the organ lists
+    name only structures of the sample CT's label map, never one held out for the evaluation table."""
+    from pesf.resources import models_dir
+    from pesf.train.config import load_config
+
+    recipe = models_dir() / "recipe"
+    configs = sorted(recipe.glob("*.json"))
+    assert len(configs) >= 3, "the recipe has its stage configs"
+    for path in configs:
+        load_config(path)  # raises a one-line PesfError on any unknown or invalid setting
+    labels = json.loads(
+        (models_dir().parent / "SampleData" / "totalsegmentator_total_labels.json").read_text()
+    )
+    held_out = {"kidney_left", "gallbladder", "pancreas", "vertebrae_L3", "iliopsoas_left", "femur_left"}
+    for path in recipe.glob("organs-*.txt"):
+        pairs = [item.split("=") for item in path.read_text().strip().split(",")]
+        assert all(labels[value] == name for name, value in pairs), path.name
+        assert not held_out & {name for name, _ in pairs}, path.name
