@@ -424,3 +424,21 @@ def test_augmentation_overrides_from_a_training_config(ct_volume, ct_labels) -> 
     for bad, message in [({"flip": 1}, "unknown"), ({"noise_prob": -1}, "probability"), ([1], "object")]:
         with pytest.raises(ValueError, match=message):
             AugmentConfig.from_overrides(bad)
+
+
+def test_click_centred_regions_of_a_large_organ(ct_volume, ct_labels) -> None:
+    """With ``click_center_prob`` 1 the region of an organ larger than it is centred on an organ voxel, as
+    inference centres a region on a click: the centre voxel is organ, and the region is not kept within the
+    organ's extent (over seeds, some centres lie where the default framing never puts them)."""
+    cfg = dataclasses.replace(NONE, click_center_prob=1.0)
+    free, framed = [], []
+    for seed in range(6):
+        for config, out in ((cfg, free), (NONE, framed)):
+            sample = prepare_sample(
+                ct_volume, ct_labels, 5, None, np.random.default_rng(seed), spacing=1.0, config=config
+            )
+            out.append(sample.to_lps[:3, 3] + sample.to_lps[:3, :3] @ np.full(3, 64.0))
+            if config is cfg:
+                assert sample.target[0, 0, 64, 64, 64] > 0  # the centre voxel lies in the liver
+    assert not np.allclose(np.array(free), np.array(framed))
+    assert np.ptp(np.array(free), axis=0).max() > np.ptp(np.array(framed), axis=0).max()

@@ -11,7 +11,10 @@ with one and the same map:
 * elastic — a smooth random displacement field (random offsets on a coarse 4^3 grid, upsampled trilinearly)
   applied identically to image, target and known mask: :func:`elastic_field`;
 * intensity — on the normalised image: random scale and shift, gamma, Gaussian noise:
-  :func:`augment_intensity`.
+  :func:`augment_intensity`;
+* placement — an organ larger than the region is by default framed so that the region stays within the
+  organ's extent; with ``click_center_prob`` the region is instead centred on a random organ voxel, as
+  inference centres it on the user's click.
 
 Each has a probability and a strength in :class:`AugmentConfig`.
 """
@@ -52,6 +55,7 @@ class AugmentConfig:
     gamma_range: tuple[float, float] = (0.7, 1.5)
     noise_prob: float = 0.2
     noise_std_max: float = 0.1
+    click_center_prob: float = 0.0  # an organ larger than the region: centre it on a random organ voxel
 
     @classmethod
     def from_overrides(cls, overrides: dict | None) -> AugmentConfig:

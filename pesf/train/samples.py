@@ -195,13 +195,15 @@ def _choose_center(
     size: int,
     rng: np.random.Generator,
     jitter: bool,
+    free: bool = False,
 ) -> np.ndarray:
     """LPS centre of the region, drawn inside the organ's box.
 
     Along region axes where the organ fits (with a small margin), the centre keeps it whole. When the organ
     is larger than the region along some axis, the centre is a random organ voxel (with ``jitter``; else the
     organ voxel nearest the middle of its box), moved along those axes just enough to keep the region within
-    the organ's extent, so the region holds as much organ as it can.
+    the organ's extent, so the region holds as much organ as it can. With ``free`` (and ``jitter``) that
+    move is skipped: the region is centred on the organ voxel, as inference centres a region on a click.
     """
     nz = [np.flatnonzero(mask.any(axis=tuple(b for b in range(3) if b != a))) for a in range(3)]
     lo = np.array([n[0] for n in nz], dtype=np.float64) - 0.5
@@ -230,7 +232,8 @@ def _choose_center(
             label.index_to_lps(np.array(np.unravel_index(pick, mask.shape), dtype=np.float64)) @ direction
         )
         # along those axes, keep the region within the organ's extent: the organ voxel stays inside it
-        organ_q = np.clip(organ_q, q_lo + below, np.maximum(q_hi - above, q_lo + below))
+        if not (free and jitter):
+            organ_q = np.clip(organ_q, q_lo + below, np.maximum(q_hi - above, q_lo + below))
         center = np.where(fits, center, organ_q)
     return direction @ center
 
@@ -332,7 +335,8 @@ def prepare_sample(
         region_spacing = math.exp(rng.uniform(math.log(low), math.log(high)))
         applied.append("spacing")
     direction = ROI_DIRECTION @ random_pose(rng, cfg, applied)
-    center = _choose_center(label, mask, direction, region_spacing, roi_size, rng, jitter)
+    free = cfg.click_center_prob > 0 and rng.random() < cfg.click_center_prob
+    center = _choose_center(label, mask, direction, region_spacing, roi_size, rng, jitter, free)
     grid = _RegionGrid(center, direction, region_spacing, int(roi_size))
     disp = elastic_field(rng, cfg, grid.size) if rng.random() < cfg.elastic_prob else None
 
