@@ -3,12 +3,18 @@
 Run::
 
     python Testing/Benchmarks/bench_training.py [--configs tiny vit_b_ori] [--steps 3] [--threads 2]
+    python Testing/Benchmarks/bench_training.py --speedups [--steps 6]
 
 Each (configuration, trainable) pair runs in its own child process (so each peak memory is its own) on a
 workspace made from the sample CT (5 accepted organs): a :class:`pesf.train.trainer.Trainer` with random
 weights, one warm-up step, then ``--steps`` timed steps of the default settings (batch 1, 5 simulated clicks
 per sample, augmentation on). Prints steps/s, seconds per step, the share of data preparation (region
 resampling and augmentation) and the peak resident memory. Figures only; nothing is asserted.
+
+``--speedups`` times the ``tiny`` configuration three ways in one run, on the same samples: the benchmark
+user's clicks and the loss on the region's 128^3 grid; the fast training clicks (``training_clicks:
+"fast"``); and the fast clicks with the loss on a 64^3 grid (``loss_size: 64``, the default model's recipe);
+it prints each one's seconds per step and its speed-up over the first.
 """
 
 from __future__ import annotations
@@ -48,7 +54,9 @@ def _workspace(root: Path) -> Path:
     return root
 
 
-def _measure(config: str, trainable: str, steps: int, threads: int, clicks: int, queue: Any) -> None:
+def _measure(
+    config: str, trainable: str, steps: int, threads: int, clicks: int, queue: Any, extra: dict | None = None
+) -> None:
     import torch
 
     from pesf.models import build_model
@@ -60,7 +68,7 @@ def _measure(config: str, trainable: str, steps: int, threads: int, clicks: int,
     with tempfile.TemporaryDirectory() as tmp:
         store = CaseStore(_workspace(Path(tmp) / "ws"))
         settings = TrainConfig(
-            steps=steps + 1, trainable=trainable, click_iterations=clicks, val_fraction=0.0
+            steps=steps + 1, trainable=trainable, click_iterations=clicks, val_fraction=0.0, **(extra or {})
         )
         trainer = Trainer(store, settings, build_model(config, seed=0))
         prepare_s: list[float] = []
@@ -101,7 +109,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
     parser.add_argument("--clicks", type=int, default=5, help="simulated clicks per sample")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--speedups", action="store_true", help="compare click simulation and loss grids")
     args = parser.parse_args()
+    if args.speedups:
+        _speedups(args)
+        return
     print(
         f"{platform.processor() or platform.machine()}, {args.threads} threads; batch 1, {args.clicks} clicks per "
         f"sample, {args.steps} timed steps after 1 warm-up"
@@ -123,6 +135,31 @@ def main() -> None:
                 f"{r['config']:<10} {r['trainable']:<9} {r['trainable_params']:>11,} {1 / r['step_s']:>8.3f} "
                 f"{r['step_s']:>7.2f} {r['prepare_s']:>7.2f} {r['peak_mb']:>9.0f}"
             )
+
+
+def _speedups(args: argparse.Namespace) -> None:
+    variants = [
+        ("exact clicks, 128^3 loss", {"training_clicks": "exact", "loss_size": 0}),
+        ("fast clicks, 128^3 loss", {"training_clicks": "fast", "loss_size": 0}),
+        ("fast clicks, 64^3 loss", {"training_clicks": "fast", "loss_size": 64}),
+    ]
+    print(
+        f"tiny, all trainable, {args.threads} threads; batch 1, {args.clicks} clicks, {args.steps} timed steps"
+    )
+    ctx = mp.get_context("spawn")
+    first = None
+    for name, extra in variants:
+        queue = ctx.Queue()
+        proc = ctx.Process(
+            target=_measure, args=("tiny", "all", args.steps, args.threads, args.clicks, queue, extra)
+        )
+        proc.start()
+        r = queue.get()
+        proc.join()
+        first = first or r["step_s"]
+        print(
+            f"{name:<26} {r['step_s']:>6.2f} s/step  data {r['prepare_s']:.2f} s  x{first / r['step_s']:.1f}"
+        )
 
 
 if __name__ == "__main__":
