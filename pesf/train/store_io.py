@@ -27,6 +27,7 @@ from pesf.train.records import FORMAT_VERSION, CaseRecord, now_iso
 
 __all__ = [
     "STORE_FILE_RE",
+    "try_lock",
     "open_workspace",
     "read_case_files",
     "remove_file",
@@ -77,7 +78,8 @@ def open_workspace(root: Path, create: bool) -> None:
 # --------------------------------------------------------------------------- file lock
 
 
-def _try_lock(fd: int) -> bool:
+def try_lock(fd: int) -> bool:
+    """Take an exclusive lock on open file ``fd`` without waiting; ``False`` when another holds it."""
     try:
         if os.name == "nt":  # pragma: no cover - Windows
             import msvcrt
@@ -119,7 +121,7 @@ def writer_lock(root: Path, timeout_s: float) -> Iterator[None]:
         raise PesfError(f"cannot write workspace {root}: {exc.strerror}; check its permissions") from None
     try:
         deadline = time.monotonic() + timeout_s
-        while not _try_lock(fd):
+        while not try_lock(fd):
             if time.monotonic() > deadline:
                 raise PesfError(
                     f"workspace {root} is busy: another process has been writing it for "

@@ -55,6 +55,7 @@ from pesf.train.status import (
     read_status,
     run_log,
 )
+from pesf.train.store_io import try_lock
 
 __all__ = [
     "CheckpointHandler",
@@ -84,7 +85,7 @@ class TrainerLock:
     def acquire(self) -> None:
         """Take the lock or raise a :class:`PesfError` naming the running trainer's pid."""
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        if not _try_lock(fd):
+        if not try_lock(fd):
             os.close(fd)
             pid = self.holder()
             raise PesfError(
@@ -114,24 +115,9 @@ class TrainerLock:
             return False
         fd = os.open(path, os.O_RDWR)
         try:
-            return not _try_lock(fd)
+            return not try_lock(fd)
         finally:
             os.close(fd)
-
-
-def _try_lock(fd: int) -> bool:
-    try:
-        if os.name == "nt":  # pragma: no cover - Windows
-            import msvcrt
-
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-        else:
-            import fcntl
-
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return False
-    return True
 
 
 # ---------------------------------------------------------------------------------------------- stopping
