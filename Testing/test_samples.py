@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from pesf.errors import PesfError
 from pesf.eval.clicks import ClickSimulator
@@ -426,19 +427,27 @@ def test_augmentation_overrides_from_a_training_config(ct_volume, ct_labels) -> 
             AugmentConfig.from_overrides(bad)
 
 
-def test_click_centred_regions_of_a_large_organ(ct_volume, ct_labels) -> None:
-    """With ``click_center_prob`` 1 the region of an organ larger than it is centred on an organ voxel, as
-    inference centres a region on a click: the centre voxel is organ, and the region is not kept within the
-    organ's extent (over seeds, some centres lie where the default framing never puts them)."""
+@pytest.mark.parametrize("value", [5, 6])
+def test_click_centred_regions(ct_volume, ct_labels, value) -> None:
+    """With ``click_center_prob`` 1 the region is centred on a voxel deep inside the organ, large (liver) or
+    small, and that voxel is the sample's first click, as inference centres a region on the first click;
+    the default framing leaves the first click to the simulated user."""
     cfg = dataclasses.replace(NONE, click_center_prob=1.0)
-    free, framed = [], []
-    for seed in range(6):
-        for config, out in ((cfg, free), (NONE, framed)):
-            sample = prepare_sample(
-                ct_volume, ct_labels, 5, None, np.random.default_rng(seed), spacing=1.0, config=config
-            )
-            out.append(sample.to_lps[:3, 3] + sample.to_lps[:3, :3] @ np.full(3, 64.0))
-            if config is cfg:
-                assert sample.target[0, 0, 64, 64, 64] > 0  # the centre voxel lies in the liver
-    assert not np.allclose(np.array(free), np.array(framed))
-    assert np.ptp(np.array(free), axis=0).max() > np.ptp(np.array(framed), axis=0).max()
+    mask = ct_labels.array == value
+    depth = ndimage.distance_transform_edt(np.pad(mask, 1), sampling=ct_labels.spacing)[1:-1, 1:-1, 1:-1]
+    centres = []
+    for seed in range(4):
+        sample = prepare_sample(ct_volume, ct_labels, value, None, np.random.default_rng(seed), config=cfg)
+        np.testing.assert_array_equal(sample.first_click, [64.0, 64.0, 64.0])
+        assert sample.target[0, 0, 64, 64, 64] > 0
+        centre = sample.to_lps[:3, 3] + sample.to_lps[:3, :3] @ np.full(3, 64.0)
+        ijk = np.round(ct_labels.lps_to_index(centre)).astype(int)
+        assert depth[tuple(ijk)] >= 0.6 * depth.max() - 1e-6  # deep inside, as a first click
+        centres.append(centre)
+    assert np.ptp(np.array(centres), axis=0).max() > 0  # not always the same voxel
+    framed = prepare_sample(ct_volume, ct_labels, value, None, np.random.default_rng(0), config=NONE)
+    assert framed.first_click is None
+    validation = prepare_sample(
+        ct_volume, ct_labels, value, None, np.random.default_rng(0), config=cfg, jitter=False
+    )
+    assert validation.first_click is None  # validation regions stay centred on the organ's box

@@ -63,8 +63,8 @@ def test_second_click_in_region_reuses_embedding_and_undo_restores():
     assert model.image_encoder.calls == 1, "a click inside a cached region must not re-run the encoder"
     assert second.voxel_count < first.voxel_count
     assert second.timings["encode_s"] == 0.0
-    # another organ clicked nearby also reuses the region
-    session.add_click("spleen", (30, 40, 25))
+    # another organ's first click reuses the region only near its centre (the framing the model knows)
+    session.add_click("spleen", (46, 40, 25))
     assert model.image_encoder.calls == 1
     restored = session.undo("liver")
     assert restored.voxel_count == first.voxel_count
@@ -73,6 +73,23 @@ def test_second_click_in_region_reuses_embedding_and_undo_restores():
     assert session.result("liver").voxel_count == 0
     with pytest.raises(PesfError, match="nothing to undo"):
         session.undo("liver")
+
+
+def test_first_click_of_an_organ_gets_a_region_centred_on_it():
+    """Inside a cached region but off its centre, an organ's first click opens a region centred on the click
+    (models are trained with regions centred on the first click); its later clicks reuse that region."""
+    vol = _volume(**GRIDS["axis-aligned LPS"])
+    model = BallModel(radius=6)
+    session = InteractiveSession(model, vol, SessionConfig(confidence_runs=0))
+    session.add_click("liver", (45, 40, 25))
+    session.add_click("kidney", (30, 40, 25))
+    assert model.image_encoder.calls == 2
+    kidney = session._organs["kidney"]
+    region = session._regions[kidney.regions[0]]
+    centre = vol.index_to_lps(np.array([30.0, 40.0, 25.0]))
+    np.testing.assert_allclose(region.lps_to_index(centre), [64.0, 64.0, 64.0], atol=1e-6)
+    session.add_click("kidney", (33, 40, 25), positive=False)
+    assert model.image_encoder.calls == 2 and kidney.regions == session._organs["kidney"].regions
 
 
 def test_click_far_away_opens_new_region():

@@ -261,6 +261,40 @@ def test_coarse_loss_grid_matches_the_full_grid_loss(ws, tiny):
     assert np.isfinite(trainer.train_step().loss)
 
 
+def test_a_sample_s_first_click_is_given_to_the_model(tiny):
+    """A sample centred on its first click gets that click first (in region indices, positive), on the loss
+    grid too; samples without one get the simulated user's."""
+    from pesf.models import load_model
+    from pesf.train.clicks import TrainingClicker
+    from pesf.train.trainer import InteractiveStep
+
+    model = load_model(tiny).eval()
+    size = model.config.image_size
+    grid = torch.stack(torch.meshgrid(*[torch.arange(size, dtype=torch.float32)] * 3, indexing="ij"))
+    target = (((grid - 40.0) ** 2).sum(0) < 15.0**2).float()[None, None].repeat(2, 1, 1, 1, 1)
+    image = target * 2.0 - 1.0
+    known = torch.ones_like(target, dtype=torch.bool)
+    seen = []
+    decode = model.decode
+
+    def spy(embedding, points, prev):
+        seen.append((points[0].clone(), points[1].clone()))
+        return decode(embedding, points, prev)
+
+    model.decode = spy
+    given = np.array([45.0, 38.0, 41.0])
+    for loss_size in (0, size // 2):
+        seen.clear()
+        step = InteractiveStep(model, 2, False, loss_size=loss_size)
+        with torch.no_grad():
+            step(image, target, known, [TrainingClicker(1), TrainingClicker(1)], [1.5, 1.5], [given, None])
+        coords, labels = seen[0]
+        np.testing.assert_allclose(coords[0, 0].numpy(), given)
+        assert labels[0, 0] == 1 and labels[1, 0] == 1
+        assert not np.allclose(coords[1, 0].numpy(), given)  # the other sample's user chose its own
+        assert seen[1][0].shape[1] == 2  # the corrective click follows
+
+
 def test_resumed_state_continues_exactly(ws, tiny, tmp_path):
     straight = _trainer(ws, tiny, steps=3)
     for _ in range(3):

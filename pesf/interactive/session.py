@@ -53,7 +53,10 @@ class SessionConfig:
         grow: let organs that touch a region's border grow into overlapping regions.
         max_regions_per_organ: cap on regions per organ when growing.
         max_cached_regions: encoded regions kept in memory (least recently used are dropped).
-        reuse_margin: a click reuses a cached region if it lies this many voxels inside it.
+        reuse_margin: a later click of an organ reuses a cached region if it lies this many voxels inside it.
+        first_click_reuse: an organ's first click reuses a cached region only if it lies within this many
+            voxels of the region's centre; otherwise it gets a region centred on it, the framing the model
+            was trained on (an organ framed off-centre by another organ's region is segmented worse).
         seed: seed of the click perturbation.
     """
 
@@ -65,6 +68,7 @@ class SessionConfig:
     max_regions_per_organ: int = 4
     max_cached_regions: int = 12
     reuse_margin: int = 16
+    first_click_reuse: float = 4.0
     seed: int = 0
 
 
@@ -231,8 +235,17 @@ class InteractiveSession:
             del self._organs[organ]
 
     def _region_for(self, state: _OrganState, lps: np.ndarray, timings: dict[str, float]) -> int:
-        """The key of a region containing ``lps``: the organ's own first, then any cached one."""
+        """The key of a region containing ``lps``: the organ's own first, then any cached one.
+
+        An organ's first click takes a cached region only if the click lies near its centre.
+        """
         margin = self.config.reuse_margin
+        if not state.regions:
+            middle = (self.config.roi_size // 2,) * 3
+            for key, region in reversed(self._regions.items()):
+                if np.linalg.norm(region.lps_to_index(lps) - middle) <= self.config.first_click_reuse:
+                    return key
+            return self._new_region(lps, timings)
         for key in state.regions:
             if self._region_at(key).contains(lps, margin):
                 return key

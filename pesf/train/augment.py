@@ -12,9 +12,10 @@ with one and the same map:
   applied identically to image, target and known mask: :func:`elastic_field`;
 * intensity — on the normalised image: random scale and shift, gamma, Gaussian noise:
   :func:`augment_intensity`;
-* placement — an organ larger than the region is by default framed so that the region stays within the
-  organ's extent; with ``click_center_prob`` the region is instead centred on a random organ voxel, as
-  inference centres it on the user's click.
+* placement — by default the region frames the organ whole when it fits, and stays within the organ's
+  extent when it does not; with ``click_center_prob`` the region is instead centred on a first click deep
+  inside the organ, which the simulated user then gives, as inference centres a region on the user's first
+  click.
 
 Each has a probability and a strength in :class:`AugmentConfig`.
 """
@@ -55,7 +56,7 @@ class AugmentConfig:
     gamma_range: tuple[float, float] = (0.7, 1.5)
     noise_prob: float = 0.2
     noise_std_max: float = 0.1
-    click_center_prob: float = 0.0  # an organ larger than the region: centre it on a random organ voxel
+    click_center_prob: float = 0.0  # centre the region on a deep organ voxel, the sample's first click
 
     @classmethod
     def from_overrides(cls, overrides: dict | None) -> AugmentConfig:

@@ -6,7 +6,10 @@ region (``target``) and the voxels whose label is trusted (``known``): inside th
 rejected or unannotated organ may lie, unless they belong to the sample's own organ.
 
 The region's centre is drawn inside the organ's bounding box so that the organ is not always centred but stays
-whole in the region; an organ larger than the region is centred on a random voxel of it instead.
+whole in the region; an organ larger than the region is centred on a random voxel of it instead. With the
+augmentation's ``click_center_prob`` the region is centred on a voxel deep inside the organ instead, and that
+voxel is the sample's first click (``first_click``), the framing of inference, where a region is centred on
+the user's first click.
 
 Augmentation (random spacing, pose, elastic displacement and intensity, see :mod:`pesf.train.augment`,
 re-exported here) is applied when resampling, so the image, the target and the known mask are cut from the
@@ -24,9 +27,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 from pesf.errors import PesfError
 from pesf.eval.clicks import ClickSimulator
+from pesf.eval.metrics import bounding_box
 from pesf.interactive.resample import axis_permutation, inside_mask, resample_affine
 from pesf.interactive.roi import ROI_DIRECTION, make_region, normalize_intensity
 from pesf.io.volume import Volume
@@ -58,6 +63,8 @@ class TrainingSample:
         spacing: region spacing in mm (the click simulator's spacing).
         to_lps: 4x4 affine from region index to LPS mm (before any elastic displacement).
         augmentations: names of the augmentations applied, for logs.
+        first_click: region index ``(3,)`` of the first click the simulated user must give (the region's
+            centre, when the region was centred on a click), or ``None`` to let the user choose it.
     """
 
     image: torch.Tensor
@@ -68,6 +75,7 @@ class TrainingSample:
     spacing: float = 1.5
     to_lps: np.ndarray = field(default_factory=lambda: np.eye(4))
     augmentations: tuple[str, ...] = ()
+    first_click: np.ndarray | None = None
 
 
 # ---------------------------------------------------------------------------------------------- geometry
@@ -195,15 +203,13 @@ def _choose_center(
     size: int,
     rng: np.random.Generator,
     jitter: bool,
-    free: bool = False,
 ) -> np.ndarray:
     """LPS centre of the region, drawn inside the organ's box.
 
     Along region axes where the organ fits (with a small margin), the centre keeps it whole. When the organ
     is larger than the region along some axis, the centre is a random organ voxel (with ``jitter``; else the
     organ voxel nearest the middle of its box), moved along those axes just enough to keep the region within
-    the organ's extent, so the region holds as much organ as it can. With ``free`` (and ``jitter``) that
-    move is skipped: the region is centred on the organ voxel, as inference centres a region on a click.
+    the organ's extent, so the region holds as much organ as it can.
     """
     nz = [np.flatnonzero(mask.any(axis=tuple(b for b in range(3) if b != a))) for a in range(3)]
     lo = np.array([n[0] for n in nz], dtype=np.float64) - 0.5
@@ -232,10 +238,23 @@ def _choose_center(
             label.index_to_lps(np.array(np.unravel_index(pick, mask.shape), dtype=np.float64)) @ direction
         )
         # along those axes, keep the region within the organ's extent: the organ voxel stays inside it
-        if not (free and jitter):
-            organ_q = np.clip(organ_q, q_lo + below, np.maximum(q_hi - above, q_lo + below))
+        organ_q = np.clip(organ_q, q_lo + below, np.maximum(q_hi - above, q_lo + below))
         center = np.where(fits, center, organ_q)
     return direction @ center
+
+
+def _click_center(label: Volume, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """LPS centre of a voxel deep inside the organ, as a user's (and the benchmark user's) first click.
+
+    The voxel is drawn among those at least a random fraction (0.6 to 0.95) of the organ's largest distance
+    to its boundary.
+    """
+    box = bounding_box(mask)
+    sub = np.pad(mask[box], 1)
+    dist = ndimage.distance_transform_edt(sub, sampling=label.spacing)[1:-1, 1:-1, 1:-1]
+    candidates = np.argwhere(dist >= dist.max() * rng.uniform(0.6, 0.95))
+    ijk = candidates[rng.integers(len(candidates))] + np.array([s.start for s in box])
+    return label.index_to_lps(ijk.astype(np.float64))
 
 
 def _region_tensors(
@@ -335,8 +354,11 @@ def prepare_sample(
         region_spacing = math.exp(rng.uniform(math.log(low), math.log(high)))
         applied.append("spacing")
     direction = ROI_DIRECTION @ random_pose(rng, cfg, applied)
-    free = cfg.click_center_prob > 0 and rng.random() < cfg.click_center_prob
-    center = _choose_center(label, mask, direction, region_spacing, roi_size, rng, jitter, free)
+    free = jitter and cfg.click_center_prob > 0 and rng.random() < cfg.click_center_prob
+    if free:
+        center = _click_center(label, mask, rng)
+    else:
+        center = _choose_center(label, mask, direction, region_spacing, roi_size, rng, jitter)
     grid = _RegionGrid(center, direction, region_spacing, int(roi_size))
     disp = elastic_field(rng, cfg, grid.size) if rng.random() < cfg.elastic_prob else None
 
@@ -368,6 +390,7 @@ def prepare_sample(
         spacing=region_spacing,
         to_lps=grid.to_lps,
         augmentations=tuple(applied),
+        first_click=np.full(3, float(roi_size // 2)) if free else None,
     )
 
 

@@ -87,6 +87,7 @@ class InteractiveStep(nn.Module):
         known: Tensor,
         simulators: list[ClickSimulator],
         spacings: list[float],
+        first_clicks: list[np.ndarray | None] | None = None,
     ) -> tuple[Tensor, Tensor, list[Tensor]]:
         """Run the click iterations on a batch.
 
@@ -96,6 +97,8 @@ class InteractiveStep(nn.Module):
             known: ``(B, 1, S, S, S)`` bool, the voxels whose label is trusted.
             simulators: one click simulator per sample.
             spacings: the region spacing (mm) of each sample, for the click simulation.
+            first_clicks: per sample, the region index of its first (positive) click, or ``None`` to let
+                its simulator choose it (the default for every sample).
 
         Returns:
             ``(loss, click_losses (iterations,) detached, predictions)`` with one bool ``(B, S, S, S)``
@@ -124,11 +127,15 @@ class InteractiveStep(nn.Module):
         labels = [np.zeros((0,), np.int64) for _ in range(batch)]
         pred: Tensor | None = None
         losses, preds = [], []
+        given = list(first_clicks) if first_clicks is not None else [None] * batch
         for _ in range(self.click_iterations):
             for b in range(batch):
                 previous = None if pred is None else pred[b]
-                c, lab = simulate_clicks(truth[b], previous, simulators[b], spacings[b])
-                c = np.asarray(c, np.float32).reshape(-1, 3) * factor + 0.5 * (factor - 1)  # region indices
+                if pred is None and given[b] is not None:
+                    c, lab = np.asarray(given[b], np.float32).reshape(1, 3), np.ones(1, np.int64)
+                else:
+                    c, lab = simulate_clicks(truth[b], previous, simulators[b], spacings[b])
+                    c = np.asarray(c, np.float32).reshape(-1, 3) * factor + 0.5 * (factor - 1)  # region index
                 coords[b] = np.concatenate([coords[b], c])
                 labels[b] = np.concatenate([labels[b], np.asarray(lab, np.int64).reshape(-1)])
             points = (
@@ -326,7 +333,12 @@ class Trainer:
             with sync:
                 with self._autocast():
                     loss, click_losses, _ = self.forward(
-                        image, target, known, simulators, [x.spacing for x in samples]
+                        image,
+                        target,
+                        known,
+                        simulators,
+                        [x.spacing for x in samples],
+                        [x.first_click for x in samples],
                     )
                 if not torch.isfinite(loss):
                     raise PesfError(
