@@ -6,8 +6,10 @@ The demo runs once per module (about 1-3 minutes on two CPU cores) and the tests
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -183,3 +185,14 @@ def test_default_model_recipe_is_runnable_as_written():
         pairs = [item.split("=") for item in path.read_text().strip().split(",")]
         assert all(labels[value] == name for name, value in pairs), path.name
         assert not held_out & {name for name, _ in pairs}, path.name
+    # the evaluation table marks as seen exactly its organs that the last stage trained on
+    spec = importlib.util.spec_from_file_location(
+        "eval_table", Path(__file__).parent / "Benchmarks" / "eval_table.py"
+    )
+    table = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = table  # its dataclasses look their module up
+    spec.loader.exec_module(table)
+    last = (recipe / "organs-A_ct_full-all.txt").read_text().strip().split(",")
+    in_table = {name for dataset in table.DATASETS for name in dataset.organs}
+    assert table.TRAINED_ORGANS == in_table & {item.split("=")[0] for item in last}
+    assert set(table.DATASETS[0].organs) <= held_out
