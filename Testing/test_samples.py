@@ -451,3 +451,22 @@ def test_click_centred_regions(ct_volume, ct_labels, value) -> None:
         ct_volume, ct_labels, value, None, np.random.default_rng(0), config=cfg, jitter=False
     )
     assert validation.first_click is None  # validation regions stay centred on the organ's box
+
+
+def test_coverage_cuts_the_scan_to_a_slab(ct_volume, ct_labels) -> None:
+    """With ``coverage_prob`` 1 the scan is cut to a slab of slices around the region's centre: the known
+    voxels span at most the slab (plus interpolation), the organ is asked for only inside it, and a slab
+    thinner than the organ leaves part of it out; ranges must be positive millimetres."""
+    cfg = dataclasses.replace(NONE, coverage_prob=1.0, coverage_range=(3.0, 12.0))
+    full = prepare_sample(ct_volume, ct_labels, 5, None, np.random.default_rng(0), config=NONE)
+    for seed in range(4):
+        sample = prepare_sample(ct_volume, ct_labels, 5, None, np.random.default_rng(seed), config=cfg)
+        assert "coverage" in sample.augmentations
+        known, target = sample.known[0, 0], sample.target[0, 0] > 0
+        rows = torch.nonzero(known.any(0).any(0)).flatten()  # region axis 2 is superior
+        reach = float(rows.max() - rows.min() + 1) * sample.spacing
+        assert reach <= 12.0 + 2 * float(ct_volume.spacing[2]) + 2 * sample.spacing
+        assert target.any() and not (target & ~known).any()
+        assert int(target.sum()) < int((full.target > 0).sum())
+    with pytest.raises(ValueError, match="above 0"):
+        AugmentConfig.from_overrides({"coverage_range": [0, 5]})

@@ -12,6 +12,9 @@ with one and the same map:
   applied identically to image, target and known mask: :func:`elastic_field`;
 * intensity — on the normalised image: random scale and shift, gamma, Gaussian noise:
   :func:`augment_intensity`;
+* coverage — the scan is cut to a slab of slices around the region's centre (from a few millimetres, as a
+  few-slice acquisition, to several centimetres): the region reads the fill value beyond it, and the
+  organ is only asked for where the slab is, as for an organ at the edge of a scan's range;
 * placement — by default the region frames the organ whole when it fits, and stays within the organ's
   extent when it does not; with ``click_center_prob`` the region is instead centred on a first click deep
   inside the organ, which the simulated user then gives, as inference centres a region on the user's first
@@ -57,6 +60,8 @@ class AugmentConfig:
     noise_prob: float = 0.2
     noise_std_max: float = 0.1
     click_center_prob: float = 0.0  # centre the region on a deep organ voxel, the sample's first click
+    coverage_prob: float = 0.0  # keep only a slab of the scan's slices around the region's centre
+    coverage_range: tuple[float, float] = (3.0, 60.0)  # mm of slab, drawn log-uniformly
 
     @classmethod
     def from_overrides(cls, overrides: dict | None) -> AugmentConfig:
@@ -85,6 +90,8 @@ class AugmentConfig:
                 )
                 if not ok:
                     raise ValueError(f"{name} must be a pair [low, high] with low <= high (got {value!r})")
+                if name == "coverage_range" and value[0] <= 0:
+                    raise ValueError(f"coverage_range must be millimetres above 0 (got {value!r})")
                 values[name] = (float(value[0]), float(value[1]))
             else:
                 if not _number(value) or value < 0 or (name.endswith("_prob") and value > 1):

@@ -257,6 +257,26 @@ def _click_center(label: Volume, mask: np.ndarray, rng: np.random.Generator) -> 
     return label.index_to_lps(ijk.astype(np.float64))
 
 
+def _slab(
+    image: Volume, center: np.ndarray, rng: np.random.Generator, range_mm: tuple[float, float]
+) -> Volume:
+    """``image`` cut to a slab of slices that holds the LPS point ``center``.
+
+    The slices are along the image axis closest to the patient's superior axis (an axial scan's slices).
+    """
+    axis = int(np.argmax(np.abs(image.direction[2])))
+    n = image.shape[axis]
+    thickness = math.exp(rng.uniform(math.log(range_mm[0]), math.log(range_mm[1])))
+    count = int(min(n, max(1, round(thickness / float(image.spacing[axis])))))
+    k = int(np.clip(round(float(image.lps_to_index(center)[axis])), 0, n - 1))
+    first = int(np.clip(k - rng.integers(count), 0, n - count))
+    cut = [slice(None)] * 3
+    cut[axis] = slice(first, first + count)
+    corner = np.zeros(3)
+    corner[axis] = first
+    return Volume(image.array[tuple(cut)], image.index_to_lps(corner), image.spacing, image.direction)
+
+
 def _region_tensors(
     image: Volume,
     label: Volume,
@@ -361,6 +381,10 @@ def prepare_sample(
         center = _choose_center(label, mask, direction, region_spacing, roi_size, rng, jitter)
     grid = _RegionGrid(center, direction, region_spacing, int(roi_size))
     disp = elastic_field(rng, cfg, grid.size) if rng.random() < cfg.elastic_prob else None
+    source = image
+    if cfg.coverage_prob > 0 and rng.random() < cfg.coverage_prob:
+        image = _slab(image, center, rng, cfg.coverage_range)
+        applied.append("coverage")
 
     masks = [mask] if unknown is None else [mask, np.asarray(unknown, dtype=bool)]
     region, resampled, inside = _region_tensors(image, label, masks, grid, disp)
@@ -370,6 +394,12 @@ def prepare_sample(
     if disp is not None:
         applied.append("elastic")
     fraction = resampled[0]
+    if "coverage" in applied:  # the organ is asked for only where the (cut) scan is
+        fraction = torch.where(inside, fraction, torch.zeros(()))
+        if not bool((fraction > 0).any()):  # the slab missed the organ: the whole scan after all
+            applied.remove("coverage")
+            region, resampled, inside = _region_tensors(source, label, masks, grid, disp)
+            fraction = resampled[0]
     target = fraction > 0.5
     if not target.any():  # an organ thinner than the region spacing: keep its best-covered voxels
         peak = float(fraction.max())
