@@ -247,6 +247,7 @@ def test_determinism(ct_volume, ct_labels) -> None:
         "gamma",
         "scale_shift",
         "noise",
+        "coverage",
     }
 
 
