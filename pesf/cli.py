@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=2,
         metavar="N",
-        help="regions cut around each organ (the first plain, the others augmented) (default: %(default)s)",
+        help="regions cut around each organ (the first centred on a first click as inference does, the others augmented) (default: %(default)s)",
     )
     p.add_argument(
         "--target-dice",

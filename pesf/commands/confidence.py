@@ -12,6 +12,8 @@ __all__ = ["run_train_confidence"]
 
 @register("train-confidence")
 def run_train_confidence(args: argparse.Namespace) -> int:
+    import dataclasses
+
     import numpy as np
     from tqdm import tqdm
 
@@ -20,7 +22,7 @@ def run_train_confidence(args: argparse.Namespace) -> int:
     from pesf.models.confidence import attach_confidence_module
     from pesf.train import CaseStore
     from pesf.train.confidence import train_confidence_module
-    from pesf.train.samples import prepare_sample
+    from pesf.train.samples import AugmentConfig, prepare_sample
 
     out = check_output_path(args.out, "model")
     if args.regions_per_organ < 1:
@@ -33,6 +35,10 @@ def run_train_confidence(args: argparse.Namespace) -> int:
         )
     model = load_model(args.model)
     rng = np.random.default_rng(args.seed)
+    # regions as inference makes them: the first centred on a first click, the others augmented and
+    # centred on one half of the time
+    plain = dataclasses.replace(AugmentConfig.none(), click_center_prob=1.0)
+    augmented = dataclasses.replace(AugmentConfig(), click_center_prob=0.5)
     pairs = []
     for case_id, record in tqdm(samples, desc="regions", unit="organ", disable=None):
         data = store.load_case(case_id)
@@ -43,7 +49,7 @@ def run_train_confidence(args: argparse.Namespace) -> int:
                 record.value,
                 data.unknown,
                 rng,
-                augment=k > 0,
+                config=augmented if k > 0 else plain,
                 case_id=case_id,
                 organ=record.name,
             )
