@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from ball_model import BallModel
 
 from pesf.errors import PesfError
 from pesf.interactive import InteractiveSession, SessionConfig
+from pesf.interactive.roi import make_region
 from pesf.io.volume import Volume
 
 
@@ -140,6 +142,68 @@ def test_large_organ_grows_into_overlapping_regions():
     assert s.n_regions == 1 and g.n_regions > 1
     extent = lambda m: np.ptp(np.argwhere(m)[:, 2]) * 2.0  # noqa: E731
     assert extent(g.full_mask()) > extent(s.full_mask()) + 30
+
+
+def test_grown_regions_are_centred_on_their_seed_and_dropped_when_they_disagree():
+    """A grown region is centred on its seed point (a positive point in the organ near the face it grows
+    through, the framing of a click); one whose mask disagrees with the mask it grew from is dropped."""
+    vol = _volume(shape=(60, 60, 200), direction=np.eye(3), spacing=[2.0, 2.0, 2.0])
+    session = InteractiveSession(BallModel(radius=70), vol, SessionConfig(confidence_runs=0))
+    session.add_click("aorta", (30, 30, 100))
+    state = session._organs["aorta"]
+    assert len(state.regions) > 1
+    for key in state.regions[1:]:
+        (seed,) = state.auto_points[key]
+        np.testing.assert_allclose(session._regions[key].lps_to_index(seed.lps), [64.0] * 3, atol=1e-6)
+
+    class Elsewhere(BallModel):
+        """The first decode is a ball that fills the region; later ones segment a far corner only."""
+
+        def __init__(self) -> None:
+            super().__init__(radius=70)
+            decode = self.mask_decoder.forward
+            self.decodes = 0
+
+            def forward(*args, **kwargs):
+                self.decodes += 1
+                low, iou = decode(*args, **kwargs)
+                if self.decodes > 1:
+                    low = torch.full_like(low, -10.0)
+                    low[..., :4, :4, :4] = 10.0
+                return low, iou
+
+            self.mask_decoder.forward = forward
+
+    model = Elsewhere()
+    session = InteractiveSession(model, vol, SessionConfig(confidence_runs=0))
+    result = session.add_click("aorta", (30, 30, 100))
+    assert model.decodes > 1, "the organ tried to grow"
+    assert result.n_regions == 1 and session._organs["aorta"].auto_points == {}
+
+
+def test_a_sliver_at_the_border_does_not_seed_growth():
+    region = make_region(_volume(**GRIDS["axis-aligned LPS"]), torch.zeros(90, 80, 50), np.zeros(3), 32)
+    mask = np.zeros((32, 32, 32), dtype=bool)
+    mask[10:20, 10:20, 10:20] = True
+    mask[14, 14, 20:] = True  # a one-voxel line to the face k = 31
+    assert InteractiveSession._interior_point(mask, 2, 1, region) is None
+    mask[12:18, 12:18, 20:] = True  # the organ itself goes on through the face
+    point = InteractiveSession._interior_point(mask, 2, 1, region)
+    assert point is not None and region.lps_to_index(point)[2] >= 24
+
+
+def test_a_click_in_another_organ_s_region_gets_its_own_region():
+    """Off the centre of another organ's region, an organ's later click gets a region centred on it."""
+    vol = _volume(shape=(200, 80, 50), **{k: v for k, v in GRIDS["axis-aligned LPS"].items()})
+    model = BallModel(radius=6)
+    session = InteractiveSession(model, vol, SessionConfig(confidence_runs=0))
+    session.add_click("liver", (40, 40, 25))
+    session.add_click("kidney", (180, 40, 25))
+    assert model.image_encoder.calls == 2
+    session.add_click("kidney", (60, 40, 25))  # inside the liver's region, off its centre
+    assert model.image_encoder.calls == 3
+    kidney = session._organs["kidney"]
+    assert len(kidney.regions) == 2 and not set(kidney.regions) & set(session._organs["liver"].regions)
 
 
 def test_confidence_map_and_score():

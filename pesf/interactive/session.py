@@ -1,11 +1,12 @@
 """An interactive segmentation session on one volume.
 
-Clicks accumulate per organ. Each click selects a 128^3 region at the model's spacing centred on it (or an
-already encoded region that contains it), runs the image encoder once per region (cached), then only the
+Clicks accumulate per organ. Each click selects a 128^3 region at the model's spacing centred on it (or one
+of the organ's regions that holds it, or a cached region centred within a few voxels of it), runs the image encoder once per region (cached), then only the
 prompt encoder and mask decoder with all of the organ's clicks in that region and its previous mask as the
 mask prompt. The decoder also runs, in the same batch, with a few randomly perturbed copies of the clicks:
 their agreement with the main mask is the voxel confidence map. Organs that reach a region's border grow
-into overlapping neighbour regions, prompted from the confident part of the mask. The region logits are
+into overlapping neighbour regions, each centred on a seed point deep in the mask near that border and
+prompted with it; a grown region whose mask disagrees with its parent's is dropped. The region logits are
 pasted back onto the input grid, resampling only the bounding box of the predicted organ.
 
 Typical use::
@@ -39,6 +40,8 @@ __all__ = ["InteractiveSession", "SessionConfig"]
 logger = logging.getLogger(__name__)
 
 _BACKGROUND_LOGIT = -20.0
+_GROW_MIN_DEPTH = 2.0  # voxels from the mask's border for a seed of growth
+_GROW_MIN_AGREEMENT = 0.5  # Dice of a grown region's mask with its parent's where they overlap
 
 
 @dataclass
@@ -53,10 +56,10 @@ class SessionConfig:
         grow: let organs that touch a region's border grow into overlapping regions.
         max_regions_per_organ: cap on regions per organ when growing.
         max_cached_regions: encoded regions kept in memory (least recently used are dropped).
-        reuse_margin: a later click of an organ reuses a cached region if it lies this many voxels inside it.
-        first_click_reuse: an organ's first click reuses a cached region only if it lies within this many
-            voxels of the region's centre; otherwise it gets a region centred on it, the framing the model
-            was trained on (an organ framed off-centre by another organ's region is segmented worse).
+        reuse_margin: a click reuses one of its organ's regions if it lies this many voxels inside it.
+        share_radius: a click reuses another organ's region only if it lies within this many voxels of the
+            region's centre; otherwise it gets a region centred on it, the framing models are trained on (an
+            organ framed off-centre by another organ's region is segmented worse).
         seed: seed of the click perturbation.
     """
 
@@ -68,7 +71,7 @@ class SessionConfig:
     max_regions_per_organ: int = 4
     max_cached_regions: int = 12
     reuse_margin: int = 16
-    first_click_reuse: float = 4.0
+    share_radius: float = 4.0
     seed: int = 0
 
 
@@ -235,22 +238,18 @@ class InteractiveSession:
             del self._organs[organ]
 
     def _region_for(self, state: _OrganState, lps: np.ndarray, timings: dict[str, float]) -> int:
-        """The key of a region containing ``lps``: the organ's own first, then any cached one.
-
-        An organ's first click takes a cached region only if the click lies near its centre.
-        """
-        margin = self.config.reuse_margin
-        if not state.regions:
-            middle = (self.config.roi_size // 2,) * 3
-            for key, region in reversed(self._regions.items()):
-                if np.linalg.norm(region.lps_to_index(lps) - middle) <= self.config.first_click_reuse:
-                    return key
-            return self._new_region(lps, timings)
+        """The key of a region for a click at ``lps``: one of the organ's own that holds it, else a cached
+        region centred near it, else a new region centred on it."""
         for key in state.regions:
-            if self._region_at(key).contains(lps, margin):
+            if self._region_at(key).contains(lps, self.config.reuse_margin):
                 return key
+        return self._centred_region(lps, timings)
+
+    def _centred_region(self, lps: np.ndarray, timings: dict[str, float]) -> int:
+        """A cached region centred within ``share_radius`` voxels of ``lps``, else a new one centred on it."""
+        middle = (self.config.roi_size // 2,) * 3
         for key, region in reversed(self._regions.items()):
-            if region.contains(lps, margin):
+            if np.linalg.norm(region.lps_to_index(lps) - middle) <= self.config.share_radius:
                 return key
         return self._new_region(lps, timings)
 
@@ -400,23 +399,41 @@ class InteractiveSession:
                     face[axis] = slice(0, 2) if side == 0 else slice(size - 2, size)
                     if not mask[tuple(face)].any():
                         continue
-                    step = np.zeros(3)
-                    step[axis] = (-1 if side == 0 else 1) * (size // 2)
-                    center_idx = np.full(3, size // 2) + step
-                    center_lps = region.index_to_lps(center_idx)
-                    beyond = region.index_to_lps(center_idx + step * 0.25)
-                    if not self._inside_image(beyond):
-                        continue
-                    if any(self._region_at(k).contains(center_lps, size // 4) for k in state.regions):
-                        continue
                     seed_point = self._interior_point(mask, axis, side, region)
                     if seed_point is None:
                         continue
-                    new_key = self._new_region(center_lps, timings)
+                    if any(self._region_at(k).contains(seed_point, size // 4) for k in state.regions):
+                        continue
+                    # the new region is centred on its seed, as on a click: the framing models are trained on
+                    new_key = self._centred_region(seed_point, timings)
+                    if new_key in state.regions:
+                        continue
                     state.regions.append(new_key)
                     state.auto_points[new_key] = [_Click(seed_point, True)]
                     self._decode(state, new_key, timings)
-                    queue.append(new_key)
+                    if self._agrees(state, key, new_key):
+                        queue.append(new_key)
+                    else:  # it segments something else than the organ it grew from: drop it
+                        state.regions.remove(new_key)
+                        for name in ("auto_points", "low_res", "logits", "agreement", "scores", "pending"):
+                            getattr(state, name).pop(new_key, None)
+
+    def _agrees(self, state: _OrganState, key: int, other: int) -> bool:
+        """Whether the organ's masks of two regions agree where the regions overlap (Dice >= 0.5).
+
+        Regions share orientation and spacing, so the overlap is an index shift (rounded to whole voxels).
+        """
+        a, b = self._region_at(key), self._region_at(other)
+        size = a.size
+        shift = np.round(a.lps_to_index(b.index_to_lps(np.zeros(3)))).astype(int)  # b's voxel 0 in a
+        lo, hi = np.maximum(shift, 0), np.minimum(shift + size, size)
+        if np.any(hi <= lo):
+            return True
+        in_a = tuple(slice(int(p), int(q)) for p, q in zip(lo, hi, strict=True))
+        in_b = tuple(slice(int(p - o), int(q - o)) for p, q, o in zip(lo, hi, shift, strict=True))
+        mask_a, mask_b = state.logits[key][in_a] > 0, state.logits[other][in_b] > 0
+        total = int(mask_a.sum()) + int(mask_b.sum())
+        return total == 0 or 2.0 * int((mask_a & mask_b).sum()) / total >= _GROW_MIN_AGREEMENT
 
     def _inside_image(self, lps: np.ndarray) -> bool:
         idx = self.image.lps_to_index(lps)
@@ -424,17 +441,22 @@ class InteractiveSession:
 
     @staticmethod
     def _interior_point(mask: np.ndarray, axis: int, side: int, region: Region) -> np.ndarray | None:
-        """LPS point of the most interior mask voxel in the half of the region nearest the face."""
-        half = [slice(None)] * 3
+        """LPS point of the most interior mask voxel in the quarter of the region nearest the face, or
+        ``None`` when the mask there is thinner than :data:`_GROW_MIN_DEPTH` voxels (a sliver, not an organ
+        that goes on)."""
+        band = [slice(None)] * 3
         size = mask.shape[axis]
-        half[axis] = slice(size // 2, size) if side == 1 else slice(0, size // 2)
-        sub = mask[tuple(half)]
+        start = size - size // 4 if side == 1 else 0
+        band[axis] = slice(start, start + size // 4)
+        sub = mask[tuple(band)]
         if not sub.any():
             return None
         dist = ndimage.distance_transform_edt(sub)
-        idx = np.array(np.unravel_index(int(np.argmax(dist)), sub.shape), dtype=np.float64)
-        if side == 1:
-            idx[axis] += size // 2
+        best = int(np.argmax(dist))
+        if dist.flat[best] < _GROW_MIN_DEPTH:
+            return None
+        idx = np.array(np.unravel_index(best, sub.shape), dtype=np.float64)
+        idx[axis] += start
         return region.index_to_lps(idx)
 
     # ------------------------------------------------------------------ paste-back
