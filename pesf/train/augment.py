@@ -59,7 +59,7 @@ class AugmentConfig:
     gamma_range: tuple[float, float] = (0.7, 1.5)
     noise_prob: float = 0.2
     noise_std_max: float = 0.1
-    click_center_prob: float = 0.0  # centre the region on a deep organ voxel, the sample's first click
+    click_center_prob: float = 0.5  # centre the region on a deep organ voxel, the sample's first click
     coverage_prob: float = 0.0  # keep only a slab of the scan's slices around the region's centre
     coverage_range: tuple[float, float] = (3.0, 60.0)  # mm of slab, drawn log-uniformly
 
