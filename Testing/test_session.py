@@ -206,6 +206,24 @@ def test_a_click_in_another_organ_s_region_gets_its_own_region():
     assert len(kidney.regions) == 2 and not set(kidney.regions) & set(session._organs["liver"].regions)
 
 
+def test_a_corrective_click_beyond_the_organ_s_regions_frames_it_with_the_first_click():
+    """A later click outside the organ's regions opens a region that also holds the organ's first click
+    when it can (the click at least ``reuse_margin`` voxels inside), so the model sees both."""
+    vol = _volume(shape=(60, 60, 200), direction=np.eye(3), spacing=[2.0, 2.0, 2.0])
+    config = SessionConfig(confidence_runs=0, grow=False)
+    session = InteractiveSession(BallModel(radius=6), vol, config)
+    session.add_click("aorta", (30, 30, 40))
+    result = session.add_click("aorta", (30, 30, 120))
+    state = session._organs["aorta"]
+    assert result.n_regions == 2
+    region = session._regions[state.regions[1]]
+    first, second = (vol.index_to_lps(np.array(c, dtype=float)) for c in ((30, 30, 40), (30, 30, 120)))
+    assert region.contains(first) and region.contains(second, config.reuse_margin)
+    assert not region.contains(second, config.reuse_margin + 1)  # moved as far towards the first as allowed
+    mask = result.full_mask()
+    assert mask[30, 30, 40] and mask[30, 30, 120]
+
+
 def test_confidence_map_and_score():
     vol = _volume(**GRIDS["axis-aligned LPS"])
     session = InteractiveSession(

@@ -243,6 +243,12 @@ class InteractiveSession:
         for key in state.regions:
             if self._region_at(key).contains(lps, self.config.reuse_margin):
                 return key
+        if len(state.clicks) > 1:
+            # a corrective click beyond the organ's regions: a region that also holds the organ's first click
+            # where it can, so the model sees the organ with both (the click at least reuse_margin inside)
+            size = self.config.roi_size
+            reach = (size - 1 - size // 2 - self.config.reuse_margin) * self.config.roi_spacing
+            lps = lps + np.clip(state.clicks[0].lps - lps, -reach, reach)
         return self._centred_region(lps, timings)
 
     def _centred_region(self, lps: np.ndarray, timings: dict[str, float]) -> int:
@@ -337,9 +343,9 @@ class InteractiveSession:
         region = self._region_at(key)
         t0 = time.perf_counter()
         coords, labels = self._points_in(state, region)
-        s4 = region.size // 4
         prev = state.low_res.get(key)
         if prev is None:
+            s4 = region.size // 4
             prev = torch.zeros(1, 1, s4, s4, s4)
         low_res = self._run_decoder(region, coords[None], labels, prev)
         up = F.interpolate(low_res, size=(region.size,) * 3, mode="trilinear", align_corners=False)[0, 0]
