@@ -1,13 +1,14 @@
 """An interactive segmentation session on one volume.
 
 Clicks accumulate per organ. Each click selects a 128^3 region at the model's spacing centred on it (or one
-of the organ's regions that holds it, or a cached region centred within a few voxels of it), runs the image encoder once per region (cached), then only the
-prompt encoder and mask decoder with all of the organ's clicks in that region and its previous mask as the
-mask prompt. The decoder also runs, in the same batch, with a few randomly perturbed copies of the clicks:
-their agreement with the main mask is the voxel confidence map. Organs that reach a region's border grow
-into overlapping neighbour regions, each centred on a seed point deep in the mask near that border and
-prompted with it; a grown region whose mask disagrees with its parent's is dropped. The region logits are
-pasted back onto the input grid, resampling only the bounding box of the predicted organ.
+of the organ's regions that holds it, or a cached region centred within a few voxels of it), runs the image
+encoder once per region (cached), then only the prompt encoder and mask decoder with all of the organ's
+clicks in that region and its previous mask as the mask prompt. The decoder also runs, in the same batch,
+with a few randomly perturbed copies of the clicks: their agreement with the main mask is the voxel
+confidence map. Organs that reach a region's border grow into overlapping neighbour regions, each centred on
+a seed point deep in the mask near that border and prompted with it; a grown region whose mask disagrees
+with its parent's is dropped. The region logits are pasted back onto the input grid, resampling only the
+bounding box of the predicted organ.
 
 Typical use::
 
@@ -440,10 +441,6 @@ class InteractiveSession:
         mask_a, mask_b = state.logits[key][in_a] > 0, state.logits[other][in_b] > 0
         total = int(mask_a.sum()) + int(mask_b.sum())
         return total == 0 or 2.0 * int((mask_a & mask_b).sum()) / total >= _GROW_MIN_AGREEMENT
-
-    def _inside_image(self, lps: np.ndarray) -> bool:
-        idx = self.image.lps_to_index(lps)
-        return bool(np.all(idx >= -0.5) and np.all(idx <= np.array(self.image.shape) - 0.5))
 
     @staticmethod
     def _interior_point(mask: np.ndarray, axis: int, side: int, region: Region) -> np.ndarray | None:
