@@ -243,17 +243,22 @@ def _choose_center(
     return direction @ center
 
 
+_CLICK_CENTER_VOXELS = 64**3  # organ boxes up to this size are measured on every voxel
+
+
 def _click_center(label: Volume, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """LPS centre of a voxel deep inside the organ, as a user's (and the benchmark user's) first click.
 
     The voxel is drawn among those at least a random fraction (0.6 to 0.95) of the organ's largest distance
-    to its boundary.
+    to its boundary. The distances of an organ whose box exceeds :data:`_CLICK_CENTER_VOXELS` are measured on
+    every second (third, ...) voxel, which keeps a sample of a large organ on a fine grid fast.
     """
     box = bounding_box(mask)
-    sub = np.pad(mask[box], 1)
-    dist = ndimage.distance_transform_edt(sub, sampling=label.spacing)[1:-1, 1:-1, 1:-1]
+    step = max(1, math.ceil((mask[box].size / _CLICK_CENTER_VOXELS) ** (1.0 / 3.0)))
+    sub = np.pad(mask[box][::step, ::step, ::step], 1)
+    dist = ndimage.distance_transform_edt(sub, sampling=label.spacing * step)[1:-1, 1:-1, 1:-1]
     candidates = np.argwhere(dist >= dist.max() * rng.uniform(0.6, 0.95))
-    ijk = candidates[rng.integers(len(candidates))] + np.array([s.start for s in box])
+    ijk = candidates[rng.integers(len(candidates))] * step + np.array([s.start for s in box])
     return label.index_to_lps(ijk.astype(np.float64))
 
 
