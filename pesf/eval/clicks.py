@@ -31,7 +31,7 @@ from scipy import ndimage
 from pesf.errors import PesfError
 from pesf.eval.metrics import Box, as_spacing, bounding_box
 
-__all__ = ["ClickSimulator"]
+__all__ = ["ClickSimulator", "box_offset", "deep_voxel"]
 
 _STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
 
@@ -42,8 +42,24 @@ def _interior_distance(mask: np.ndarray, spacing: np.ndarray) -> np.ndarray:
     return ndimage.distance_transform_edt(padded, sampling=spacing)[1:-1, 1:-1, 1:-1]
 
 
-def _offset(box: Box) -> np.ndarray:
+def box_offset(box: Box) -> np.ndarray:
+    """Index of the first voxel of a bounding box (slices), int64 ``(3,)``."""
     return np.array([s.start for s in box], dtype=np.int64)
+
+
+def deep_voxel(
+    mask: np.ndarray, spacing: np.ndarray, fraction: float, rng: np.random.Generator
+) -> np.ndarray | None:
+    """A voxel drawn among those of ``mask`` at least ``fraction`` of its largest distance (mm) to its
+    boundary, int64 ``(3,)``; ``None`` when ``mask`` is empty."""
+    box = bounding_box(mask)
+    if box is None:
+        return None
+    dist = _interior_distance(mask[box], spacing)
+    threshold = dist.max() * fraction
+    # Exact equality at fraction 1.0 keeps only the maximum; the tiny slack absorbs float rounding.
+    candidates = np.argwhere(dist >= threshold * (1.0 - 1e-9))
+    return (candidates[rng.integers(len(candidates))] + box_offset(box)).astype(np.int64)
 
 
 class ClickSimulator:
@@ -78,17 +94,10 @@ class ClickSimulator:
         Raises:
             PesfError: when ``gt`` is empty.
         """
-        gt = self._check(gt)
-        sp = as_spacing(spacing)
-        box = bounding_box(gt)
-        if box is None:
+        ijk = deep_voxel(self._check(gt), as_spacing(spacing), self.interior_fraction, self._rng)
+        if ijk is None:
             raise PesfError("cannot simulate a click on an empty organ mask (the label has no voxel of it)")
-        dist = _interior_distance(gt[box], sp)
-        threshold = dist.max() * self.interior_fraction
-        # Exact equality at fraction 1.0 keeps only the maximum; the tiny slack absorbs float rounding.
-        candidates = np.argwhere(dist >= threshold * (1.0 - 1e-9))
-        ijk = candidates[self._rng.integers(len(candidates))] + _offset(box)
-        return ijk.astype(np.int64), True
+        return ijk, True
 
     def next_click(
         self,
@@ -131,7 +140,7 @@ class ClickSimulator:
         region, region_box = fn_region if positive else fp_region  # type: ignore[misc]
         dist = _interior_distance(region, sp)
         peaks = np.argwhere(dist >= dist.max() * (1.0 - 1e-9))
-        ijk = peaks[self._rng.integers(len(peaks))] + _offset(region_box) + _offset(box)
+        ijk = peaks[self._rng.integers(len(peaks))] + box_offset(region_box) + box_offset(box)
         return ijk.astype(np.int64), bool(positive)
 
     def _largest_component(self, error: np.ndarray) -> tuple[np.ndarray, Box] | None:

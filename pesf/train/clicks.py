@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from pesf.errors import PesfError
-from pesf.eval.clicks import ClickSimulator, _offset
+from pesf.eval.clicks import ClickSimulator, box_offset
 from pesf.eval.metrics import as_spacing, bounding_box
 
 __all__ = ["TrainingClicker"]
@@ -80,7 +80,7 @@ class TrainingClicker:
             return self._exact.first_click(gt, spacing)
         ijk, _ = self._exact.first_click(coarse, as_spacing(spacing) * 2.0)
         fine = 2 * ijk + self._rng.integers(0, 2, size=3)
-        return (fine + _offset(box)).astype(np.int64), True
+        return (fine + box_offset(box)).astype(np.int64), True
 
     def next_click(
         self,

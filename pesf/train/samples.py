@@ -27,10 +27,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 
 from pesf.errors import PesfError
-from pesf.eval.clicks import ClickSimulator
+from pesf.eval.clicks import ClickSimulator, box_offset, deep_voxel
 from pesf.eval.metrics import bounding_box
 from pesf.interactive.resample import axis_permutation, inside_mask, resample_affine
 from pesf.interactive.roi import ROI_DIRECTION, make_region, normalize_intensity
@@ -255,11 +254,9 @@ def _click_center(label: Volume, mask: np.ndarray, rng: np.random.Generator) -> 
     """
     box = bounding_box(mask)
     step = max(1, math.ceil((mask[box].size / _CLICK_CENTER_VOXELS) ** (1.0 / 3.0)))
-    sub = np.pad(mask[box][::step, ::step, ::step], 1)
-    dist = ndimage.distance_transform_edt(sub, sampling=label.spacing * step)[1:-1, 1:-1, 1:-1]
-    candidates = np.argwhere(dist >= dist.max() * rng.uniform(0.6, 0.95))
-    ijk = candidates[rng.integers(len(candidates))] * step + np.array([s.start for s in box])
-    return label.index_to_lps(ijk.astype(np.float64))
+    fraction = rng.uniform(0.6, 0.95)
+    ijk = deep_voxel(mask[box][::step, ::step, ::step], label.spacing * step, fraction, rng)
+    return label.index_to_lps((ijk * step + box_offset(box)).astype(np.float64))
 
 
 def _slab(
