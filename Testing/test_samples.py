@@ -471,3 +471,19 @@ def test_coverage_cuts_the_scan_to_a_slab(ct_volume, ct_labels) -> None:
         assert int(target.sum()) < int((full.target > 0).sum())
     with pytest.raises(ValueError, match="above 0"):
         AugmentConfig.from_overrides({"coverage_range": [0, 5]})
+
+
+def test_click_centre_of_a_thin_organ_in_a_large_box() -> None:
+    """A thin structure whose box is large (a rib-like diagonal line) is missed by the subsampled depth
+    grid; its click-centred region is still centred on one of its voxels."""
+    from pesf.train.samples import _click_center
+
+    mask = np.zeros((200, 201, 200), dtype=bool)
+    i = np.arange(199)
+    mask[i, i + 1, i] = True  # never on a grid of every 4th voxel
+    label = Volume(mask.astype(np.uint8), spacing=[0.8, 0.8, 1.0])
+    for seed in range(3):
+        ijk = np.round(label.lps_to_index(_click_center(label, mask, np.random.default_rng(seed)))).astype(
+            int
+        )
+        assert mask[tuple(ijk)]

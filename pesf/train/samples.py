@@ -256,6 +256,8 @@ def _click_center(label: Volume, mask: np.ndarray, rng: np.random.Generator) -> 
     step = max(1, math.ceil((mask[box].size / _CLICK_CENTER_VOXELS) ** (1.0 / 3.0)))
     fraction = rng.uniform(0.6, 0.95)
     ijk = deep_voxel(mask[box][::step, ::step, ::step], label.spacing * step, fraction, rng)
+    if ijk is None:  # a thin organ the subsampled grid misses: every voxel after all
+        ijk, step = deep_voxel(mask[box], label.spacing, fraction, rng), 1
     return label.index_to_lps((ijk * step + box_offset(box)).astype(np.float64))
 
 
