@@ -479,8 +479,8 @@ def test_click_centre_of_a_thin_organ_in_a_large_box() -> None:
     from pesf.train.samples import _click_center
 
     mask = np.zeros((200, 201, 200), dtype=bool)
-    i = np.arange(199)
-    mask[i, i + 1, i] = True  # never on a grid of every 4th voxel
+    i = np.arange(200)
+    mask[i, (i + 1) % 200, i] = True  # the box starts at 0 on every axis; never on a grid of every 4th voxel
     label = Volume(mask.astype(np.uint8), spacing=[0.8, 0.8, 1.0])
     for seed in range(3):
         ijk = np.round(label.lps_to_index(_click_center(label, mask, np.random.default_rng(seed)))).astype(
