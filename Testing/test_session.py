@@ -267,3 +267,47 @@ def test_resample_paths_agree(grid):
     assert int(strict.sum()) > 100
     assert torch.allclose(fast[strict], ref[strict], atol=1e-4)
     assert torch.all(fast[~rs.inside_mask(m, t, (16, 15, 14), src.shape)] == -5.0)
+
+
+@pytest.mark.parametrize("grid", list(GRIDS))
+def test_resample_border_reads_the_edge_voxel(grid):
+    """With border=0.5 a position up to half a voxel beyond the outermost voxel centres reads the edge voxel."""
+    from pesf.interactive import resample as rs
+
+    rng = np.random.default_rng(2)
+    src = torch.from_numpy(rng.normal(size=(20, 24, 18)).astype(np.float32))
+    m = GRIDS[grid]["direction"] * 0.7
+    shape = (40, 42, 36)
+    # output centre onto the source centre, a little off: the output reaches beyond the source on every side
+    t = (np.array(src.shape) - 1) / 2 - m @ ((np.array(shape) - 1) / 2) + np.array([0.13, -0.21, 0.08])
+    fast = rs.resample_affine(src, m, t, shape, fill=-5.0, border=0.5)
+    ref = rs._resample_grid_sample(src, m, t, shape, fill=-5.0, border=0.5)
+    inside = rs.inside_mask(m, t, shape, src.shape)  # -0.5 <= index <= n - 0.5
+    ring = inside & ~rs.inside_mask(m, t - 0.5, shape, tuple(n - 1 for n in src.shape))
+    assert int(ring.sum()) > 20
+    assert torch.allclose(fast[inside], ref[inside], atol=1e-4)
+    assert torch.all(fast[~inside] == -5.0) and torch.all(ref[~inside] == -5.0)
+    assert not torch.any(fast[ring] == -5.0)
+    # along one axis: index -0.5 reads voxel 0, index n - 0.5 reads voxel n - 1
+    line = torch.arange(1.0, 5.0)[:, None, None].expand(4, 1, 1).contiguous()
+    out = rs.resample_affine(line, np.eye(3), np.array([-0.5, 0.0, 0.0]), (5, 1, 1), fill=-9.0, border=0.5)
+    assert out.flatten().tolist() == [1.0, 1.5, 2.5, 3.5, 4.0]
+    out = rs.resample_affine(line, np.eye(3), np.array([-0.5, 0.0, 0.0]), (5, 1, 1), fill=-9.0)
+    assert out.flatten().tolist() == [-9.0, 1.5, 2.5, 3.5, -9.0]
+
+
+def test_a_few_slice_scan_fills_a_region_layer_per_slice_thickness():
+    """A 3-slice scan (1 mm slices) centred in a 1.5 mm region: three region layers read the scan, not one."""
+    array = np.zeros((60, 50, 3), dtype=np.float32)
+    array[..., 0], array[..., 1], array[..., 2] = 100.0, 200.0, 400.0
+    vol = Volume(array, origin=[0.0, 0.0, 0.0], spacing=[0.8, 0.8, 1.0], direction=np.eye(3))
+    region = make_region(vol, torch.from_numpy(array), vol.index_to_lps(np.array([30.0, 25.0, 1.0])), 32, 1.5)
+    layers = np.flatnonzero(region.inside.any(dim=0).any(dim=0).numpy())  # RAS region: axis 2 is superior
+    assert layers.tolist() == [15, 16, 17]
+    image = region.image[0, 0]
+    values = [float(image[16, 16, k]) for k in layers]
+    # the region is z-normalised: compare the layers' order and spacing, 100 < 200 < 400 HU
+    assert values[0] < values[1] < values[2]
+    assert (values[2] - values[1]) == pytest.approx(2 * (values[1] - values[0]), rel=1e-4)
+    outside = image[:, :, [k for k in range(32) if k not in layers]]
+    assert torch.all(outside == outside.flatten()[0])  # the fill beyond the scan's extent

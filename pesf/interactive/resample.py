@@ -1,7 +1,10 @@
 """Trilinear resampling between two voxel grids related by an affine map.
 
 ``out[p] = src[M @ p + t]`` for every output index ``p``, with trilinear interpolation and a fill value
-outside ``src``. When ``M`` maps each output axis onto a single source axis (the usual case: both grids
+outside ``src``. With ``border=0.5`` a position up to half a voxel beyond the outermost voxel centres reads the
+edge voxel, so every position within the grid's extent (``-0.5 <= index <= n - 0.5``, the region
+:func:`inside_mask` marks) reads the image, as ITK's linear interpolator does; a scan of a few slices then
+fills as many region layers as its thickness covers. When ``M`` maps each output axis onto a single source axis (the usual case: both grids
 are aligned with the patient axes, whatever their flips and permutations), the interpolation is done one
 axis at a time, which costs a few passes over the output instead of building a full sampling grid.
 Otherwise :func:`torch.nn.functional.grid_sample` handles any oblique direction.
@@ -48,6 +51,7 @@ def resample_affine(
     t: np.ndarray,
     out_shape: tuple[int, int, int],
     fill: float = 0.0,
+    border: float = 0.0,
 ) -> torch.Tensor:
     """Resample ``src`` onto an output grid: ``out[p] = src[m @ p + t]`` (trilinear).
 
@@ -57,6 +61,8 @@ def resample_affine(
         t: ``(3,)`` source index of output voxel ``(0, 0, 0)``.
         out_shape: output shape ``(P, Q, R)``.
         fill: value for output voxels whose source position lies outside ``src``.
+        border: source positions up to this many voxels beyond the outermost voxel centres read the edge
+            voxel instead of ``fill`` (0 or 0.5).
 
     Returns:
         Tensor of shape ``out_shape`` and the dtype of ``src``.
@@ -72,7 +78,8 @@ def resample_affine(
         dtype = src.dtype if src.is_floating_point() else torch.float32
         o = [out_shape[perm[a]] for a in range(3)]  # output length along each source axis
         coords = [t[a] + m[a, perm[a]] * np.arange(o[a]) for a in range(3)]
-        valid = [(c >= -1e-6) & (c <= n - 1 + 1e-6) for c, n in zip(coords, src_shape, strict=True)]
+        reach = border + 1e-6
+        valid = [(c >= -reach) & (c <= n - 1 + reach) for c, n in zip(coords, src_shape, strict=True)]
         if not all(v.any() for v in valid):
             return torch.full(out_shape, fill, dtype=dtype)
         # only the source voxels that some output voxel reads
@@ -87,7 +94,7 @@ def resample_affine(
         n = [b - a for a, b in zip(lo, hi, strict=True)]
         if np.prod(n, dtype=np.float64) > np.prod(out_shape, dtype=np.float64):
             # downsampling a large source: gathering 8 neighbours per output voxel is cheaper
-            return _resample_grid_sample(src, m, t, out_shape, fill)
+            return _resample_grid_sample(src, m, t, out_shape, fill, border)
         mats = [_interp_matrix(n[a], coords[a] - lo[a], valid[a], dtype) for a in range(3)]
         x = src[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]].to(dtype)
         x = x - fill if fill != 0.0 else x.contiguous()
@@ -97,11 +104,16 @@ def resample_affine(
         x = x.reshape(o[0], o[1], o[2])
         order = [perm.index(b) for b in range(3)]
         return x if order == [0, 1, 2] else x.permute(*order).contiguous()
-    return _resample_grid_sample(src, m, t, out_shape, fill)
+    return _resample_grid_sample(src, m, t, out_shape, fill, border)
 
 
 def _resample_grid_sample(
-    src: torch.Tensor, m: np.ndarray, t: np.ndarray, out_shape: tuple[int, int, int], fill: float
+    src: torch.Tensor,
+    m: np.ndarray,
+    t: np.ndarray,
+    out_shape: tuple[int, int, int],
+    fill: float,
+    border: float = 0.0,
 ) -> torch.Tensor:
     """General (oblique) case through ``affine_grid`` + ``grid_sample`` (normalised coordinates)."""
     dtype = src.dtype if src.dtype in (torch.float32, torch.float64) else torch.float32
@@ -115,17 +127,28 @@ def _resample_grid_sample(
     shifted = src.to(dtype)[None, None]
     if fill != 0.0:
         shifted = shifted - fill
-    out = F.grid_sample(shifted, grid, mode="bilinear", padding_mode="zeros", align_corners=True)[0, 0]
+    if border > 0:  # edge voxels within the border, then nothing beyond it
+        out = F.grid_sample(shifted, grid, mode="bilinear", padding_mode="border", align_corners=True)[0, 0]
+        out = out * inside_mask(m, t, out_shape, tuple(src.shape), border=border).to(out.dtype)
+    else:
+        out = F.grid_sample(shifted, grid, mode="bilinear", padding_mode="zeros", align_corners=True)[0, 0]
     return (out + fill if fill != 0.0 else out).to(src.dtype)
 
 
 def inside_mask(
-    m: np.ndarray, t: np.ndarray, out_shape: tuple[int, int, int], src_shape: tuple[int, int, int]
+    m: np.ndarray,
+    t: np.ndarray,
+    out_shape: tuple[int, int, int],
+    src_shape: tuple[int, int, int],
+    border: float = 0.5,
 ) -> torch.Tensor:
-    """Boolean tensor of ``out_shape``: True where ``m @ p + t`` lies inside a grid of ``src_shape``."""
+    """Boolean tensor of ``out_shape``: True where ``m @ p + t`` lies inside a grid of ``src_shape``.
+
+    Inside is ``-border <= index <= n - 1 + border`` on every axis (by default the grid's extent).
+    """
     m = np.asarray(m, dtype=np.float64)
     t = np.asarray(t, dtype=np.float64)
-    lo, hi = -0.5, np.asarray(src_shape, dtype=np.float64) - 0.5
+    lo, hi = -border - 1e-6, np.asarray(src_shape, dtype=np.float64) - 1.0 + border + 1e-6
     perm = axis_permutation(m)
     if perm is not None:
         per_out: list[np.ndarray] = [np.ones(n, dtype=bool) for n in out_shape]

@@ -113,7 +113,7 @@ def make_region(
     region = Region(origin=origin, size=size, spacing=spacing, image=torch.empty(0), inside=torch.empty(0))
     m, t = region.image_to_region(image)
     shape = (size, size, size)
-    data = resample_affine(image_tensor, m, t, shape, fill=0.0)
+    data = resample_affine(image_tensor, m, t, shape, fill=0.0, border=0.5)
     inside = inside_mask(m, t, shape, image.shape)
     region.image = normalize_intensity(data)[None, None].contiguous()
     region.inside = inside

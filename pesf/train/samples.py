@@ -133,26 +133,24 @@ def _crop(array: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> torch.Tensor:
 
 def _affine_sample(
     vol: Volume, arrays: list[np.ndarray], grid: _RegionGrid
-) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
-    """Arrays on ``vol``'s grid resampled onto the region (trilinear, 0 outside), and two masks.
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Arrays on ``vol``'s grid resampled onto the region (trilinear, 0 outside), and where they were read.
 
     Returns:
-        ``(arrays, inside, valid)``: ``inside`` where the region voxel lies within the source grid's extent
-        (``-0.5 <= index <= n - 0.5``), ``valid`` where it reads source voxels only (``0 <= index <= n - 1``;
-        in the half-voxel ring between, :func:`resample_affine` reads the fill value, not the source).
+        ``(arrays, inside)``: ``inside`` where the region voxel lies within the source grid's extent
+        (``-0.5 <= index <= n - 0.5``; in the half-voxel ring beyond the outermost voxel centres the edge
+        voxel is read, as :func:`make_region` reads the image).
     """
     m, t = grid.index_map(vol)
     lo, hi = _footprint(m, t, grid.size, vol.shape)
     n = tuple(int(v) for v in hi - lo)
-    out = [resample_affine(_crop(a, lo, hi), m, t - lo, grid.shape, fill=0.0) for a in arrays]
-    inside = inside_mask(m, t - lo, grid.shape, n)
-    valid = inside_mask(m, t - lo - 0.5, grid.shape, tuple(v - 1 for v in n))  # 0 <= index <= n - 1
-    return out, inside, valid
+    out = [resample_affine(_crop(a, lo, hi), m, t - lo, grid.shape, fill=0.0, border=0.5) for a in arrays]
+    return out, inside_mask(m, t - lo, grid.shape, n)
 
 
 def _warped_sample(
     vol: Volume, arrays: list[np.ndarray], grid: _RegionGrid, disp: torch.Tensor | None
-) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Like :func:`_affine_sample` at region indices displaced by ``disp`` ``(S, S, S, 3)``, in one pass.
 
     One ``grid_sample`` reads every array at the same points, so image and masks stay aligned whatever the
@@ -177,14 +175,13 @@ def _warped_sample(
         points.reshape(-1, 3),
         torch.from_numpy(a.T.astype(np.float32)),
     ).reshape(points.shape)
-    out = F.grid_sample(crops, norm[None], mode="bilinear", padding_mode="zeros", align_corners=True)[0]
-    # inside the source grid's extent: -0.5 <= index <= n - 0.5 on every axis; valid (as resample_affine,
-    # which reads the fill value beyond the outermost voxel centres): 0 <= index <= n - 1
+    out = F.grid_sample(crops, norm[None], mode="bilinear", padding_mode="border", align_corners=True)[0]
+    # inside the source grid's extent: -0.5 <= index <= n - 0.5 on every axis (the half-voxel ring beyond
+    # the outermost voxel centres reads the edge voxel, as resample_affine with border=0.5); 0 beyond
     low, high = rev @ (-0.5 * scale - 1.0), rev @ ((n - 0.5) * scale - 1.0)
     offset = norm.sub_(torch.from_numpy((0.5 * (low + high)).astype(np.float32))).abs_()
-    inside = (offset <= torch.from_numpy((0.5 * (high - low)).astype(np.float32))).all(dim=-1)
-    valid = (offset <= torch.from_numpy((rev @ (0.5 * (n - 1.0) * scale + 1e-5)).astype(np.float32))).all(-1)
-    return list((out * valid).unbind(0)), inside, valid
+    inside = (offset <= torch.from_numpy((0.5 * (high - low) + 1e-5).astype(np.float32))).all(dim=-1)
+    return list((out * inside).unbind(0)), inside
 
 
 @functools.lru_cache(maxsize=2)
@@ -290,7 +287,7 @@ def _region_tensors(
 ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
     """Normalised region image ``(1, 1, S, S, S)``, the masks resampled, and where the label can be trusted.
 
-    The last is the region voxels inside the image that read label voxels only (not the fill value).
+    The last is the region voxels inside both the image's and the label's extent.
 
     Without displacement and in the canonical orientation the image goes through :func:`make_region` itself;
     flips and 90° rotations use the same axis-wise resampling; oblique or displaced grids are sampled in one
@@ -310,18 +307,17 @@ def _region_tensors(
             inside = region.inside
             normalised = region.image
         else:
-            (data,), inside, _ = _affine_sample(image, [image.array], grid)
+            (data,), inside = _affine_sample(image, [image.array], grid)
             normalised = normalize_intensity(data)[None, None].contiguous()
-        resampled, _, valid_label = _affine_sample(label, masks, grid)
-        return normalised, resampled, inside & valid_label
+        resampled, inside_label = _affine_sample(label, masks, grid)
+        return normalised, resampled, inside & inside_label
     if label.same_geometry(image):
-        channels, inside, valid_label = _warped_sample(image, [image.array, *masks], grid, disp)
+        channels, inside = _warped_sample(image, [image.array, *masks], grid, disp)
         data, resampled = channels[0], channels[1:]
-        inside = inside & valid_label
     else:
-        (data,), inside, _ = _warped_sample(image, [image.array], grid, disp)
-        resampled, _, valid_label = _warped_sample(label, masks, grid, disp)
-        inside = inside & valid_label
+        (data,), inside = _warped_sample(image, [image.array], grid, disp)
+        resampled, inside_label = _warped_sample(label, masks, grid, disp)
+        inside = inside & inside_label
     return normalize_intensity(data)[None, None].contiguous(), resampled, inside
 
 
