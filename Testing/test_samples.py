@@ -14,6 +14,7 @@ from pesf.eval.clicks import ClickSimulator
 from pesf.interactive.roi import ROI_DIRECTION, make_region, normalize_intensity
 from pesf.io.volume import Volume
 from pesf.train import samples as samples_module
+from pesf.train.augment import remap_intensity
 from pesf.train.samples import (
     AugmentConfig,
     TrainingSample,
@@ -245,6 +246,7 @@ def test_determinism(ct_volume, ct_labels) -> None:
         "gamma",
         "scale_shift",
         "noise",
+        "remap",
         "coverage",
     }
 
@@ -329,6 +331,35 @@ def test_intensity_augmentation_keeps_geometry(ct_volume, ct_labels) -> None:
     assert not torch.equal(plain.image, bright.image)
     corr = torch.corrcoef(torch.stack([plain.image.flatten(), bright.image.flatten()]))[0, 1]
     assert corr > 0.9
+
+
+def test_intensity_remap_swaps_tissue_brightness_and_keeps_the_statistics(ct_volume, ct_labels) -> None:
+    plain = prepare_sample(ct_volume, ct_labels, 6, None, np.random.default_rng(2), config=NONE)
+    remapped = prepare_sample(
+        ct_volume, ct_labels, 6, None, np.random.default_rng(2), config=only(remap_prob=1.0)
+    )
+    assert remapped.augmentations == ("remap",)
+    assert torch.equal(plain.target, remapped.target) and torch.equal(plain.known, remapped.known)
+    assert not torch.equal(plain.image, remapped.image)
+    swapped = 0
+    for seed in range(6):
+        image = remap_intensity(plain.image, np.random.default_rng(seed), 6)
+        assert image.shape == plain.image.shape and image.dtype == torch.float32
+        assert float(image.mean()) == pytest.approx(float(plain.image.mean()), abs=1e-3)
+        assert float(image.std()) == pytest.approx(float(plain.image.std()), rel=1e-3)
+        assert torch.equal(image, remap_intensity(plain.image, np.random.default_rng(seed), 6))  # same seed
+        # a tissue brighter than another before may be darker after: the curve is not always monotonic
+        x, y = plain.image.flatten()[::97], image.flatten()[::97]
+        y_by_x = y[torch.argsort(x)]
+        swapped += int(bool((y_by_x[1:] < y_by_x[:-1] - 0.5).any()))
+    assert swapped >= 3
+
+
+def test_remap_points_must_be_a_whole_number_of_at_least_two() -> None:
+    assert AugmentConfig.from_overrides({"remap_points": 4}).remap_points == 4
+    for bad in (1, 2.5, "6"):
+        with pytest.raises(ValueError, match="remap_points"):
+            AugmentConfig.from_overrides({"remap_points": bad})
 
 
 def test_spacing_augmentation_rescales_the_organ(ct_volume, ct_labels) -> None:

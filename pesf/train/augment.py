@@ -10,8 +10,10 @@ with one and the same map:
   (an oblique region direction, resampled through ``grid_sample``): :func:`random_pose`;
 * elastic — a smooth random displacement field (random offsets on a coarse 4^3 grid, upsampled trilinearly)
   applied identically to image, target and known mask: :func:`elastic_field`;
-* intensity — on the normalised image: random scale and shift, gamma, Gaussian noise:
-  :func:`augment_intensity`;
+* intensity — on the normalised image: random scale and shift, gamma, Gaussian noise, and a random
+  intensity remapping (a piecewise-linear transfer curve through random values at the image's quantiles,
+  not necessarily monotonic: tissues swap brightness as they do between CT and MR sequences, so the model
+  learns shapes and edges rather than one modality's grey values): :func:`augment_intensity`;
 * coverage — the scan is cut to a slab of slices around the region's centre (from a few millimetres, as a
   few-slice acquisition, to several centimetres): the region reads the fill value beyond it, and the
   organ is only asked for where the slab is, as for an organ at the edge of a scan's range;
@@ -32,7 +34,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AugmentConfig", "augment_intensity", "axis_rotation", "elastic_field", "random_pose"]
+__all__ = [
+    "AugmentConfig",
+    "augment_intensity",
+    "axis_rotation",
+    "elastic_field",
+    "random_pose",
+    "remap_intensity",
+]
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,8 @@ class AugmentConfig:
     gamma_range: tuple[float, float] = (0.7, 1.5)
     noise_prob: float = 0.2
     noise_std_max: float = 0.1
+    remap_prob: float = 0.0  # a random (non-monotonic) intensity transfer curve
+    remap_points: int = 6  # control points of the curve, at evenly spaced quantiles of the image
     click_center_prob: float = 0.5  # centre the region on a deep organ voxel, the sample's first click
     coverage_prob: float = 0.0  # keep only a slab of the scan's slices around the region's centre
     coverage_range: tuple[float, float] = (3.0, 60.0)  # mm of slab, drawn log-uniformly
@@ -94,6 +105,8 @@ class AugmentConfig:
                     raise ValueError(f"coverage_range must be millimetres above 0 (got {value!r})")
                 values[name] = (float(value[0]), float(value[1]))
             else:
+                if name == "remap_points" and (not _number(value) or int(value) != value or value < 2):
+                    raise ValueError(f"remap_points must be a whole number of at least 2 (got {value!r})")
                 if not _number(value) or value < 0 or (name.endswith("_prob") and value > 1):
                     kind = "a probability in [0, 1]" if name.endswith("_prob") else "a number of at least 0"
                     raise ValueError(f"{name} must be {kind} (got {value!r})")
@@ -147,7 +160,10 @@ def elastic_field(rng: np.random.Generator, cfg: AugmentConfig, size: int) -> to
 def augment_intensity(
     image: torch.Tensor, rng: np.random.Generator, cfg: AugmentConfig, applied: list[str]
 ) -> torch.Tensor:
-    """Gamma (keeping mean and standard deviation), random scale/shift and Gaussian noise."""
+    """Intensity remapping, gamma (both keeping mean and standard deviation), scale/shift and noise."""
+    if rng.random() < cfg.remap_prob:
+        image = remap_intensity(image, rng, cfg.remap_points)
+        applied.append("remap")
     if rng.random() < cfg.gamma_prob:
         gamma = math.exp(rng.uniform(math.log(cfg.gamma_range[0]), math.log(cfg.gamma_range[1])))
         mean, std = image.mean(), image.std()
@@ -164,3 +180,26 @@ def augment_intensity(
         image = image + torch.from_numpy(rng.standard_normal(image.shape, dtype=np.float32)) * std
         applied.append("noise")
     return image.to(torch.float32).contiguous()
+
+
+def remap_intensity(image: torch.Tensor, rng: np.random.Generator, points: int) -> torch.Tensor:
+    """``image`` through a random piecewise-linear transfer curve, with its mean and standard deviation kept.
+
+    The curve's ``points`` control points sit at evenly spaced quantiles of the image (0 to 1, so every
+    tissue class gets its own segment) and take independent uniform random values: the curve is usually
+    not monotonic, so which tissue is brighter changes, as between CT and the MR sequences.
+    """
+    flat = image.reshape(-1)
+    sample = flat[:: max(1, flat.numel() // 200_000)].to(torch.float32)
+    knots = torch.quantile(sample, torch.linspace(0.0, 1.0, points))
+    knots = torch.cummax(knots, dim=0).values + torch.arange(points, dtype=torch.float32) * 1e-4
+    values = torch.from_numpy(rng.uniform(0.0, 1.0, points).astype(np.float32))
+    x = flat.to(torch.float32).clamp(float(knots[0]), float(knots[-1]))
+    seg = torch.searchsorted(knots, x, right=True).clamp(1, points - 1)
+    x0, x1 = knots[seg - 1], knots[seg]
+    y0, y1 = values[seg - 1], values[seg]
+    out = (y0 + (x - x0) / (x1 - x0) * (y1 - y0)).reshape(image.shape)
+    std = out.std()
+    if float(std) < 1e-6:  # a flat curve: keep the image
+        return image
+    return (out - out.mean()) / std * image.std() + image.mean()
