@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from pesf.errors import PesfError
-from pesf.eval.clicks import ClickSimulator
+from pesf.eval.clicks import ClickSimulator, box_offset
 from pesf.eval.metrics import as_spacing, bounding_box, dice, nsd
 
 __all__ = [
@@ -178,7 +178,7 @@ def _evaluate_organ(
         else:
             click = simulator.next_click(gt[box], pred[box], spacing)
             if click is not None:
-                click = (click[0] + [s.start for s in box], click[1])
+                click = (click[0] + box_offset(box), click[1])
         if click is None:
             perfect_after = c
             for values in scores.values():

@@ -34,6 +34,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
+from pesf.eval.clicks import box_offset
 from pesf.io.prompts import OrganPrompt
 
 __all__ = [
@@ -214,7 +215,7 @@ def prompts_from_mask(
     if found is None:
         return []
     component, box = found
-    offset = np.array([s.start for s in box], dtype=np.float64)
+    offset = box_offset(box).astype(np.float64)
     if n_positive is None:
         n_positive = auto_positive_count(component, sp)
     clicks: list[Click] = [(p + offset, True) for p in _positive_clicks(component, sp, max(1, n_positive))]
