@@ -502,6 +502,19 @@ def test_coverage_cuts_the_scan_to_a_slab(ct_volume, ct_labels) -> None:
         AugmentConfig.from_overrides({"coverage_range": [0, 5]})
 
 
+def test_coverage_slab_follows_the_slice_axis_of_a_thick_slice_scan() -> None:
+    """A sagittal scan of 6 mm slices (the thick axis is left-right) is cut along that axis, not superior."""
+    array = np.zeros((12, 80, 80), dtype=np.float32)
+    vol = Volume(array, origin=[0.0, 0.0, 0.0], spacing=[6.0, 1.0, 1.0], direction=np.eye(3))
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        slab = samples_module._slab(vol, vol.index_to_lps(np.array([6.0, 40.0, 40.0])), rng, (6.0, 18.0))
+        assert slab.shape[1:] == (80, 80) and 1 <= slab.shape[0] <= 3
+    axial = Volume(np.zeros((80, 80, 12), dtype=np.float32), [0.0, 0.0, 0.0], [1.0, 1.0, 1.0], np.eye(3))
+    slab = samples_module._slab(axial, np.array([40.0, 40.0, 6.0]), np.random.default_rng(0), (3.0, 3.0))
+    assert slab.shape == (80, 80, 3)  # isotropic: the axis nearest superior
+
+
 def test_click_centre_of_a_thin_organ_in_a_large_box() -> None:
     """A thin structure whose box is large (a rib-like diagonal line) is missed by the subsampled depth
     grid; its click-centred region is still centred on one of its voxels."""

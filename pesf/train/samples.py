@@ -263,9 +263,15 @@ def _slab(
 ) -> Volume:
     """``image`` cut to a slab of slices that holds the LPS point ``center``.
 
-    The slices are along the image axis closest to the patient's superior axis (an axial scan's slices).
+    The slices are along the scan's slice axis: the axis of the coarsest spacing when one is coarser than the
+    others (a sagittal or coronal acquisition of thick slices too), else the axis closest to the patient's
+    superior axis (an axial scan's slices).
     """
-    axis = int(np.argmax(np.abs(image.direction[2])))
+    spacing = np.asarray(image.spacing, dtype=np.float64)
+    if spacing.max() > 1.2 * spacing.min() and np.sum(spacing == spacing.max()) == 1:
+        axis = int(np.argmax(spacing))
+    else:
+        axis = int(np.argmax(np.abs(image.direction[2])))
     n = image.shape[axis]
     thickness = math.exp(rng.uniform(math.log(range_mm[0]), math.log(range_mm[1])))
     count = int(min(n, max(1, round(thickness / float(image.spacing[axis])))))
