@@ -171,6 +171,18 @@ def test_evaluate_report_structure_and_determinism(tmp_path, ct, tiny_model, cap
     for name in rep["organs"]:
         assert reports[0]["organs"][name]["clicks"] == reports[1]["organs"][name]["clicks"]
         assert reports[0]["organs"][name]["dice"] == reports[1]["organs"][name]["dice"]
+    assert rep["model"]["refine"]["free_mm"] > 0  # corrective clicks are refined by default
+    # --no-refine: the model alone, the same first click and Dice after it
+    out = tmp_path / "alone.json"
+    args = ["evaluate", image_path, label_path, "--organs", "liver=5,spleen=1", "--clicks", 3]
+    args += ["--model", tiny_model, "--seed", 7, "--no-refine", "--out", out]
+    code, _, stderr = _run(args, capsys)
+    assert code == 0, stderr
+    alone = json.loads(out.read_text())
+    assert alone["model"]["refine"] is None
+    for name in rep["organs"]:
+        assert alone["organs"][name]["clicks"][0] == rep["organs"][name]["clicks"][0]
+        assert alone["organs"][name]["dice"][0] == rep["organs"][name]["dice"][0]
 
 
 def test_info_describes_default_and_checkpoint(tiny_model, capsys):

@@ -111,6 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", default="default", metavar="MODEL", help=_MODEL_HELP + "; with --method pesf")
     p.add_argument(
+        "--no-refine",
+        action="store_true",
+        help=(
+            "with --method pesf: score the model's masks as they are, without the refinement of corrective "
+            "clicks (a geodesic grow from the model's mask and the clicks, from an organ's second click on)"
+        ),
+    )
+    p.add_argument(
         "--seed", type=int, default=0, metavar="S", help="seed of the click simulation (default: %(default)s)"
     )
     p.add_argument(

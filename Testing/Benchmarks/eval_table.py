@@ -6,15 +6,16 @@ Regenerate it with one command::
 
 It runs ``pesf evaluate`` (5 clicks, seed 0; Dice after clicks 1, 3 and 5 of one run is what separate runs
 with 1, 3 and 5 clicks would give, since clicks only depend on the clicks and predictions before them) with
-``--method pesf`` and with ``--method growcut`` on:
+``--method pesf`` (the session as users get it: the model, and from an organ's second click on the refinement
+of corrective clicks), with ``--method pesf --no-refine`` (the model alone) and with ``--method growcut`` on:
 
 a. the sample CT A, structures the bundled default model was not trained on (held out);
 b. the sample CT A, organs the default model was trained on (marked as seen);
 c. the DICOM CT E: an unseen patient and scanner (liver seen as an organ, heart and spine not);
 d. the MR C: an unseen modality (TotalSegmentator ``total_mr`` labels).
 
-It prints a markdown table (dataset, organ, seen in training, Dice@1/@3/@5 of both methods), the Spearman
-rank correlation between our confidence and the true Dice over every (organ, click) entry, and the mean
+It prints a markdown table (dataset, organ, seen in training, Dice@1/@3/@5 of ours and grow-cut), on how
+many structures ours is above grow-cut, the model alone's mean Dice, the Spearman rank correlation between our confidence and the true Dice over every (organ, click) entry, and the mean
 latency per click of both methods. Which organs count as seen follows the default model's training set
 (of this table's organs: liver, spleen, stomach, aorta, inferior vena cava and right kidney of A); for
 another ``--model`` the column is only a label.
@@ -101,8 +102,13 @@ DATASETS = (
 )
 
 
+METHODS = ("pesf", "model", "growcut")
+"""``pesf`` is the session as users get it; ``model`` the same model without the refinement of corrective
+clicks (``pesf evaluate --no-refine``); ``growcut`` Slicer's Grow from seeds."""
+
+
 def run_evaluate(dataset: Dataset, method: str, model: str, threads: int | None, folder: Path) -> dict:
-    """``pesf evaluate`` on one dataset with one method; returns its JSON report."""
+    """``pesf evaluate`` on one dataset with one of :data:`METHODS`; returns its JSON report."""
     from pesf.cli import main
     from pesf.resources import sample_data_dir
 
@@ -121,12 +127,14 @@ def run_evaluate(dataset: Dataset, method: str, model: str, threads: int | None,
         "--seed",
         str(SEED),
         "--method",
-        method,
+        "growcut" if method == "growcut" else "pesf",
         "--model",
         model,
         "--out",
         str(out),
     ]
+    if method == "model":
+        argv.append("--no-refine")
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         status = main(argv)
@@ -150,17 +158,19 @@ def build_table(reports: dict[tuple[str, str], dict]) -> dict[str, Any]:
         if (dataset.key, "pesf") not in reports:
             continue
         ours, theirs = reports[(dataset.key, "pesf")], reports[(dataset.key, "growcut")]
+        alone = reports.get((dataset.key, "model"))
         for name in dataset.organs:
             o, g = ours["organs"][name], theirs["organs"][name]
-            rows.append(
-                {
-                    "dataset": dataset.title,
-                    "organ": name,
-                    "seen": dataset.seen(name),
-                    "ours": [round(_dice_at(o, c), 4) for c in CLICKS],
-                    "growcut": [round(_dice_at(g, c), 4) for c in CLICKS],
-                }
-            )
+            row = {
+                "dataset": dataset.title,
+                "organ": name,
+                "seen": dataset.seen(name),
+                "ours": [round(_dice_at(o, c), 4) for c in CLICKS],
+                "growcut": [round(_dice_at(g, c), 4) for c in CLICKS],
+            }
+            if alone is not None:
+                row["model"] = [round(_dice_at(alone["organs"][name], c), 4) for c in CLICKS]
+            rows.append(row)
             made = len(o["clicks"])
             for conf, d in zip(o["confidence"][:made], o["dice"][:made], strict=True):
                 if conf is not None:
@@ -194,6 +204,21 @@ def to_markdown(table: dict[str, Any], model: dict[str, Any]) -> str:
         theirs = np.mean([r["growcut"] for r in table["rows"]], axis=0)
         cells = ["**mean**", "", ""] + [f"**{d:.3f}**" for d in ours] + [f"**{d:.3f}**" for d in theirs]
         lines.append("| " + " | ".join(cells) + " |")
+        rows = table["rows"]
+        above = [sum(r["ours"][i] > r["growcut"][i] for r in rows) for i in range(len(CLICKS))]
+        lines += [
+            "",
+            "Ours above grow-cut after "
+            + ", ".join(f"{c} click(s): {n} of {len(rows)}" for c, n in zip(CLICKS, above, strict=True))
+            + ".",
+        ]
+        if all("model" in r for r in rows):
+            alone = np.mean([r["model"] for r in rows], axis=0)
+            lines.append(
+                "The model alone (without the refinement of corrective clicks, `pesf evaluate --no-refine`): "
+                + " / ".join(f"{d:.3f}" for d in alone)
+                + f" mean Dice after {' / '.join(str(c) for c in CLICKS)} clicks."
+            )
     rho, p = table["spearman"]["rho"], table["spearman"]["p"]
     lat = table["latency_s"]
     lines += [
@@ -234,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     reports: dict[tuple[str, str], dict] = {}
     with tempfile.TemporaryDirectory(prefix="pesf-eval-table-") as tmp:
         for dataset in (d for d in DATASETS if d.key in args.datasets):
-            for method in ("pesf", "growcut"):
+            for method in METHODS:
                 t0 = time.perf_counter()
                 reports[(dataset.key, method)] = run_evaluate(
                     dataset, method, args.model, args.threads, Path(tmp)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from pesf.cli import register
 from pesf.commands.common import check_output_path, progress_bar
@@ -37,16 +38,18 @@ def run_evaluate(args: argparse.Namespace) -> int:
             "seed_locality": segmenter.seed_locality,
         }
     else:
-        from pesf.interactive import InteractiveSession
+        from pesf.interactive import InteractiveSession, SessionConfig
         from pesf.models import load_model, model_info
 
         model = load_model(args.model)
+        config = SessionConfig(refine=None) if getattr(args, "no_refine", False) else SessionConfig()
 
         def factory():
-            return InteractiveSession(model, image)
+            return InteractiveSession(model, image, config)
 
         info = model_info(model)
         details = {k: info.get(k) for k in ("name", "config", "source", "trained") if k in info}
+        details["refine"] = None if config.refine is None else dataclasses.asdict(config.refine)
 
     with progress_bar(len(organs) * args.clicks, f"evaluate ({method})") as bar:
 

@@ -1,0 +1,121 @@
+"""Refinement of corrective clicks: geodesic grow from seeds, the model's mask as seeds, and the session."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ball_model import BallModel
+
+from pesf.eval.metrics import dice
+from pesf.interactive import InteractiveSession, SessionConfig
+from pesf.interactive.refine import BACKGROUND, ORGAN, RefineConfig, geodesic_grow, refine_mask
+from pesf.io.volume import Volume
+
+
+def _blob_image(shape=(48, 48, 40), noise=2.0, seed=0, scale=1.0):
+    """A bright ellipsoid (organ, 100) in a dark background (0), with noise; and its mask."""
+    grid = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij"), axis=-1)
+    centre = np.array(shape) / 2
+    organ = (((grid - centre) / (scale * np.array([14.0, 10.0, 9.0]))) ** 2).sum(axis=-1) <= 1.0
+    rng = np.random.default_rng(seed)
+    image = np.where(organ, 100.0, 0.0) + rng.normal(0, noise, shape)
+    return image.astype(np.float32), organ
+
+
+def test_geodesic_grow_splits_at_the_intensity_edge() -> None:
+    image = np.zeros((30, 20, 10), dtype=np.float32)
+    image[15:] = 100.0
+    seeds = np.zeros(image.shape, dtype=np.uint8)
+    seeds[2, 10, 5] = ORGAN
+    seeds[27, 3, 2] = BACKGROUND
+    labels = geodesic_grow(image, seeds)
+    assert np.all(labels[:15] == ORGAN) and np.all(labels[15:] == BACKGROUND)
+    # within a flat image the nearer seed wins
+    line = np.zeros((30, 1, 1), np.uint8)
+    line[0], line[29] = ORGAN, BACKGROUND
+    labels = geodesic_grow(np.zeros((30, 1, 1), np.float32), line)[:, 0, 0]
+    assert np.all(labels[:14] == ORGAN) and np.all(labels[16:] == BACKGROUND)
+
+
+def test_refinement_needs_a_second_click() -> None:
+    image, organ = _blob_image()
+    click = np.array(np.argwhere(organ).mean(axis=0).round(), dtype=np.int64)
+    full = tuple(slice(0, n) for n in image.shape)
+    assert refine_mask(image, organ, full, [1.0, 1.0, 1.0], [(click, True)]) is None
+
+
+def test_a_positive_click_claims_what_the_model_left_out() -> None:
+    image, organ = _blob_image()
+    half = organ.copy()
+    half[24:] = False  # the model found half of the organ
+    full = tuple(slice(0, n) for n in image.shape)
+    first = np.array([18, 24, 20])
+    missed = np.array([31, 24, 20])  # deep in the half the model missed
+    box, refined = refine_mask(image, half, full, [1.0, 1.0, 1.0], [(first, True), (missed, True)])
+    out = np.zeros(image.shape, dtype=bool)
+    out[box] = refined
+    assert dice(organ, half) < 0.75
+    assert dice(organ, out) > 0.95 and out[tuple(missed)]
+
+
+def test_a_negative_click_gives_back_what_the_model_took() -> None:
+    image, organ = _blob_image()
+    leak = organ.copy()
+    leak[1:10, 18:30, 14:26] = True  # the model leaked into the dark background beside the organ
+    crop = (slice(0, 44), slice(4, 44), slice(2, 38))
+    first = np.array([24, 24, 20])
+    wrong = np.array([4, 24, 20])
+    box, refined = refine_mask(
+        image, leak[crop], crop, [1.0, 1.0, 1.0], [(first, True), (wrong, False)], RefineConfig()
+    )
+    out = np.zeros(image.shape, dtype=bool)
+    out[box] = refined
+    assert not organ[tuple(wrong)] and not out[tuple(wrong)]
+    assert dice(organ, out) > 0.97 and dice(organ, leak) < 0.92
+
+
+def test_a_fine_grid_is_refined_on_blocks_and_keeps_the_model_s_boundary_elsewhere() -> None:
+    image, organ = _blob_image(shape=(144, 144, 120), scale=3.0)
+    half = organ.copy()
+    half[72:] = False
+    full = tuple(slice(0, n) for n in image.shape)
+    spacing = [0.5, 0.5, 0.5]  # blocks of 3 voxels (1.5 mm)
+    box, refined = refine_mask(
+        image, half, full, spacing, [(np.array([55, 72, 60]), True), (np.array([100, 72, 60]), True)]
+    )
+    out = np.zeros(image.shape, dtype=bool)
+    out[box] = refined
+    assert dice(organ, out) > 0.9
+    # where the model was right (the first half, away from the cut), its voxels are untouched
+    assert np.array_equal(out[:50], half[:50])
+
+
+@pytest.mark.parametrize("positive", [True, False])
+def test_session_corrective_click_always_changes_the_clicked_voxel(positive) -> None:
+    """The ball model ignores the image; a corrective click on a bright organ it missed (or a negative click
+    on dark background it took) now changes the mask where the user pointed, and only with refinement."""
+    image, organ = _blob_image(shape=(64, 64, 48), noise=3.0)
+    vol = Volume(image, origin=[0.0, 0.0, 0.0], spacing=[1.5, 1.5, 1.5], direction=np.eye(3))
+    centre = np.array([32.0, 32.0, 24.0])
+    if positive:  # a click on the organ's far end, beyond the ball of the first click
+        second = np.array([32.0 + 12.0, 32.0, 24.0])
+    else:  # a click on background inside the ball around the first click near the organ's rim
+        centre = np.array([32.0, 32.0 + 8.0, 24.0])
+        second = np.array([32.0, 32.0 + 12.0, 24.0])
+    assert organ[tuple(second.astype(int))] == positive
+    scores = {}
+    for refine, changes in ((None, False), (RefineConfig(), True)):
+        # a ball of radius 5 region voxels (7.5 mm): the click at 12 voxels (18 mm) lies outside it
+        ball = BallModel(radius=5) if positive else BallModel(radius=10)
+        session = InteractiveSession(ball, vol, SessionConfig(confidence_runs=0, refine=refine, grow=False))
+        session.add_click("organ", centre, True)
+        result = session.add_click("organ", second, positive)
+        hit = bool(result.full_mask()[tuple(second.astype(int))])
+        if changes:
+            assert hit == positive, "the refined mask follows the corrective click"
+            assert "refine_s" in result.timings
+        scores[changes] = dice(organ, result.full_mask())
+    if (
+        positive
+    ):  # the ball model draws a ball around each positive click: refined, the organ between them too
+        assert scores[True] > scores[False] + 0.1

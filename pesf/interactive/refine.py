@@ -1,0 +1,209 @@
+"""Corrective clicks that always count: the model's mask refined by a geodesic grow from seeds.
+
+A promptable model may answer a corrective click by barely changing its mask (the clicked voxel can even stay
+wrong). After an organ's second click the session therefore refines the model's mask as *Grow from seeds*
+would, with the model's answer as the seeds:
+
+* **organ seeds** — the mask more than ``inner_mm`` inside its boundary, and a ball of ``click_mm`` around
+  every positive click;
+* **background seeds** — everything more than ``outer_mm`` outside the mask, the faces of the working box
+  that lie inside the image, and a ball around every negative click;
+* around every click after the first, the seeds of the other label within ``free_mm`` are lifted, so a
+  positive click can claim tissue the model left out and a negative click can give back tissue it took;
+* every other voxel (the band along the mask's boundary and the lifted balls) takes the label of the seed it
+  is best connected to: the one with the shortest path when a step between neighbours costs the intensity
+  difference (the image's scale divided out), the shortest-path form of Slicer's grow-cut
+  (``vtkImageGrowCutSegment``).
+
+The working box is the mask and the clicks widened by ``margin_mm``. Grids finer than ``grid_mm`` are
+refined on blocks of whole voxels about ``grid_mm`` wide (the model's own resolution is 1.5 mm), and only the
+blocks whose label changed are written back, so the model's fine boundary stays wherever the refinement
+agrees with it.
+
+On structures of the sample CT that are not in the evaluation table (kidney_right, urinary_bladder,
+duodenum, iliopsoas_right, femur_right, vertebrae_L1, gluteus_medius_left, adrenal_gland_right, colon,
+small_bowel; simulated clicks, seed 0), the mean Dice after clicks 2 / 3 / 4 / 5 went from 0.694 / 0.691 /
+0.695 / 0.693 (model alone, stage 4) to 0.738 / 0.748 / 0.776 / 0.787; the widths were chosen there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import dijkstra
+
+__all__ = ["RefineConfig", "geodesic_grow", "refine_mask"]
+
+ORGAN = 1
+BACKGROUND = 2
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    """Widths (mm) of the refinement of corrective clicks; see the module description."""
+
+    inner_mm: float = 6.0
+    outer_mm: float = 9.0
+    free_mm: float = 15.0
+    click_mm: float = 3.0
+    margin_mm: float = 10.0
+    grid_mm: float = 1.5
+
+
+def geodesic_grow(intensity: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """Label every voxel with the seed it is best connected to (6-neighbour shortest paths).
+
+    A step between neighbours costs their intensity difference, divided by the intensities' standard
+    deviation, plus 0.001 (so that within a flat area the nearer seed wins).
+
+    Args:
+        intensity: ``(I, J, K)`` image.
+        seeds: ``(I, J, K)`` integer labels, 0 where unseeded; at least one voxel seeded.
+
+    Returns:
+        The ``(I, J, K)`` label map (``seeds``' dtype); voxels no seed reaches keep 0.
+    """
+    shape = intensity.shape
+    values = np.asarray(intensity, dtype=np.float64)
+    scale = float(values.std()) or 1.0
+    index = np.arange(values.size).reshape(shape)
+    rows, cols, weights = [], [], []
+    for axis in range(3):
+        if shape[axis] < 2:
+            continue
+        a = [slice(None)] * 3
+        b = [slice(None)] * 3
+        a[axis], b[axis] = slice(0, -1), slice(1, None)
+        rows.append(index[tuple(a)].ravel())
+        cols.append(index[tuple(b)].ravel())
+        weights.append(np.abs(values[tuple(a)] - values[tuple(b)]).ravel() / scale + 1e-3)
+    flat = seeds.ravel()
+    sources = np.flatnonzero(flat)
+    if not rows or sources.size == 0:
+        return seeds.copy()
+    graph = coo_matrix(
+        (np.concatenate(weights), (np.concatenate(rows), np.concatenate(cols))), shape=(flat.size,) * 2
+    ).tocsr()
+    _, _, nearest = dijkstra(graph, directed=False, indices=sources, min_only=True, return_predecessors=True)
+    labels = np.where(nearest >= 0, flat[np.maximum(nearest, 0)], 0).astype(seeds.dtype)
+    return labels.reshape(shape)
+
+
+def refine_mask(
+    image: np.ndarray,
+    mask: np.ndarray,
+    mask_box: tuple[slice, ...],
+    spacing: Sequence[float] | np.ndarray,
+    clicks: Sequence[tuple[np.ndarray, bool]],
+    config: RefineConfig | None = None,
+) -> tuple[tuple[slice, slice, slice], np.ndarray] | None:
+    """Refine ``mask`` with its organ's clicks (the first one is where the organ started).
+
+    Args:
+        image: the whole ``(I, J, K)`` image.
+        mask: the model's boolean mask, a crop ``image[mask_box]`` (empty when nothing is segmented).
+        mask_box: where ``mask`` lies in the image grid.
+        spacing: voxel size in mm.
+        clicks: ``(ijk, positive)`` per click in order, ``ijk`` voxel indices (rounded here).
+        config: widths; default :class:`RefineConfig`.
+
+    Returns:
+        ``(box, refined)``: the working box (slices of the image grid) and the refined mask inside it, or
+        ``None`` when there is nothing to refine (fewer than two clicks).
+    """
+    cfg = config or RefineConfig()
+    if len(clicks) < 2:
+        return None
+    shape = np.array(image.shape)
+    sp = np.asarray(spacing, dtype=np.float64)
+    voxels = np.array([np.clip(np.rint(np.asarray(c, dtype=np.float64)), 0, shape - 1) for c, _ in clicks])
+    voxels = voxels.astype(np.int64)
+    offset = np.array([s.start or 0 for s in mask_box], dtype=np.int64)
+    lo = voxels.min(axis=0)
+    hi = voxels.max(axis=0) + 1
+    if mask.size and mask.any():
+        nz = [np.flatnonzero(mask.any(axis=tuple(b for b in range(3) if b != a))) for a in range(3)]
+        lo = np.minimum(lo, offset + [n[0] for n in nz])
+        hi = np.maximum(hi, offset + [n[-1] + 1 for n in nz])
+    pad = np.ceil(cfg.margin_mm / sp).astype(np.int64)
+    lo, hi = np.maximum(lo - pad, 0), np.minimum(hi + pad, shape)
+    box = _slices(lo, hi)
+
+    # blocks of whole voxels about grid_mm wide (1 voxel on grids at least that coarse)
+    factor = np.maximum(1, np.floor(cfg.grid_mm / sp + 1e-6)).astype(np.int64)
+    fine = image[box].astype(np.float32, copy=False)
+    fine_mask = np.zeros(tuple(int(b - a) for a, b in zip(lo, hi, strict=True)), dtype=bool)
+    if mask.size:  # the model's mask pasted into the working box (it may reach beyond it: cut)
+        src_lo, src_hi = np.maximum(offset, lo), np.minimum(offset + mask.shape, hi)
+        if np.all(src_hi > src_lo):
+            fine_mask[_slices(src_lo - lo, src_hi - lo)] = mask[_slices(src_lo - offset, src_hi - offset)]
+    coarse_img = _block_mean(fine, factor)
+    coarse_mask = _block_mean(fine_mask.astype(np.float32), factor) > 0.5
+    csp = sp * factor
+    seeds = np.zeros(coarse_mask.shape, dtype=np.uint8)
+    seeds[coarse_mask & (_distance(coarse_mask, csp) > cfg.inner_mm)] = ORGAN
+    seeds[~coarse_mask & (_distance(~coarse_mask, csp) > cfg.outer_mm)] = BACKGROUND
+    for axis in range(3):
+        for side, inside in ((0, lo[axis] > 0), (1, hi[axis] < shape[axis])):
+            if inside and coarse_mask.shape[axis] >= 5:
+                face = [slice(None)] * 3
+                face[axis] = slice(0, 2) if side == 0 else slice(-2, None)
+                seeds[tuple(face)] = BACKGROUND
+    local = (voxels - lo) // factor
+    for n, (centre, (_, positive)) in enumerate(zip(local, clicks, strict=True)):
+        if n > 0:  # a corrective click: the other label's seeds around it are lifted
+            other = BACKGROUND if positive else ORGAN
+            seeds[_ball(seeds.shape, centre, cfg.free_mm, csp) & (seeds == other)] = 0
+    for centre, (_, positive) in zip(local, clicks, strict=True):
+        seeds[_ball(seeds.shape, centre, cfg.click_mm, csp)] = ORGAN if positive else BACKGROUND
+    grown = geodesic_grow(coarse_img, seeds) == ORGAN
+    changed = grown != coarse_mask
+    if not changed.any():
+        return box, fine_mask.copy()
+    up = tuple(slice(0, n) for n in fine_mask.shape)
+    changed_fine = _upsample(changed, factor)[up]
+    grown_fine = _upsample(grown, factor)[up]
+    return box, np.where(changed_fine, grown_fine, fine_mask)
+
+
+def _slices(lo: np.ndarray, hi: np.ndarray) -> tuple[slice, ...]:
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+
+
+def _block_mean(array: np.ndarray, factor: np.ndarray) -> np.ndarray:
+    """Mean over blocks of ``factor`` voxels (the last, partial blocks padded with edge values)."""
+    if np.all(factor == 1):
+        return array
+    target = -(-np.array(array.shape) // factor) * factor
+    padded = np.pad(array, [(0, int(t - n)) for t, n in zip(target, array.shape, strict=True)], mode="edge")
+    f0, f1, f2 = (int(f) for f in factor)
+    n0, n1, n2 = (int(t // f) for t, f in zip(target, factor, strict=True))
+    return padded.reshape(n0, f0, n1, f1, n2, f2).mean(axis=(1, 3, 5))
+
+
+def _upsample(array: np.ndarray, factor: np.ndarray) -> np.ndarray:
+    for axis, f in enumerate(factor):
+        if f > 1:
+            array = np.repeat(array, int(f), axis=axis)
+    return array
+
+
+def _distance(mask: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """Distance in mm from each voxel of ``mask`` to the nearest voxel outside it (the box's faces do not
+    count: the mask may go on beyond them)."""
+    if not mask.any():
+        return np.zeros(mask.shape)
+    if mask.all():
+        return np.full(mask.shape, np.inf)
+    return ndimage.distance_transform_edt(mask, sampling=spacing)
+
+
+def _ball(shape: tuple[int, ...], centre: np.ndarray, radius_mm: float, spacing: np.ndarray) -> np.ndarray:
+    """Voxels within ``radius_mm`` of ``centre`` (always the centre voxel itself)."""
+    grid = np.ogrid[tuple(slice(0, n) for n in shape)]
+    d2 = sum(((g - c) * s) ** 2 for g, c, s in zip(grid, centre, spacing, strict=True))
+    return d2 <= radius_mm**2 + 1e-6
