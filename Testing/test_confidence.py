@@ -14,6 +14,7 @@ import pesf.models.checkpoint as checkpoint
 from pesf.errors import PesfError
 from pesf.eval.metrics import dice
 from pesf.interactive import InteractiveSession, SessionConfig
+from pesf.interactive.refine import RefineConfig
 from pesf.interactive.resample import resample_affine
 from pesf.interactive.roi import make_region
 from pesf.io.volume import Volume
@@ -300,3 +301,35 @@ def test_session_reports_the_module_score(ct_volume: Volume, ct_labels: Volume, 
     result = session.add_click("liver", liver)
     assert result.confidence_source == "confidence-module"
     assert result.confidence == pytest.approx(outputs[-1]) and 0.0 <= result.confidence <= 1.0
+
+
+def test_the_score_of_a_refined_mask_scores_the_turned_voxels(
+    ct_volume: Volume, ct_labels: Volume, tmp_path: Path
+) -> None:
+    """After a corrective click the module scores the refined mask: the model's low-resolution logits with the
+    voxels the refinement turned set to +-2 (a different input, a different score); without refinement, the
+    model's own logits as before."""
+    model = build_model("tiny", seed=0)
+    attach_confidence_module(model, random_module(96, seed=4), {"threshold": 0.5})
+    loaded = load_model(save_checkpoint(model, tmp_path / "model.pt"))
+    inputs = []
+    loaded.confidence_module.register_forward_hook(lambda mod, args, out: inputs.append(args[1].clone()))
+    liver = ct_labels.array == ORGANS["liver"]
+    first = np.argwhere(liver).mean(axis=0)
+    second = np.argwhere(liver)[0].astype(np.float64)  # a voxel at the liver's edge
+    scores = {}
+    for refine in (None, RefineConfig()):
+        session = InteractiveSession(
+            loaded, ct_volume, SessionConfig(confidence_runs=0, grow=False, refine=refine)
+        )
+        session.add_click("liver", first)
+        result = session.add_click("liver", second)
+        inputs.clear()
+        scores[refine is None] = result.confidence
+        assert 0.0 <= result.confidence <= 1.0 and len(inputs) == result.n_regions  # one score per region
+        values = torch.cat([x.flatten() for x in inputs]).unique()
+        if refine is None:
+            assert not torch.isin(values, torch.tensor([2.0, -2.0])).any()
+        else:
+            assert torch.isin(torch.tensor([2.0, -2.0]), values).any()  # turned voxels reach the module
+    assert scores[True] != scores[False]

@@ -532,6 +532,9 @@ class InteractiveSession:
 
         Voxels the refinement turned get logit +-2 (probability 0.88 / 0.12), and their voxel confidence
         becomes the decoder runs' agreement with the turned label (1 minus their agreement with the model's).
+        With a confidence module, the organ score is its predicted Dice of the refined mask: the model's
+        low-resolution logits of each region, set to +-2 where the refinement turned the mask, scored with
+        the region's embedding (mean over the organ's regions).
         """
         clicks = [(self.image.lps_to_index(c.lps), c.positive) for c in state.clicks]
         refined = refine_mask(
@@ -565,17 +568,56 @@ class InteractiveSession:
             sub[turned] = 1.0 - sub[turned]
             return out
 
+        confidence_fn = result.confidence_fn
+        conf_module = getattr(self.model, "confidence_module", None)
+        if conf_module is not None and turned.any():
+            sign = np.zeros(mask.shape, dtype=np.float32)
+            sign[turned] = np.where(mask[turned], 1.0, -1.0)
+            lows = {k: state.low_res[k] for k in state.regions if k in state.low_res}
+            origin = np.array([b.start for b in box], dtype=np.float64)
+
+            def confidence_fn() -> float:
+                return self._refined_score(conf_module, lows, torch.from_numpy(sign), origin)
+
         return OrganResult(
             name=result.name,
             image_shape=result.image_shape,
             bbox=bbox,  # type: ignore[arg-type]
             logits=logits,
             confidence_map_fn=confidence_map,
-            confidence_fn=result.confidence_fn,
+            confidence_fn=confidence_fn,
             confidence_source=result.confidence_source,
             n_clicks=result.n_clicks,
             n_regions=result.n_regions,
         )
+
+    @torch.inference_mode()
+    def _refined_score(
+        self,
+        conf_module: torch.nn.Module,
+        lows: dict[int, torch.Tensor],
+        sign: torch.Tensor,
+        origin: np.ndarray,
+    ) -> float:
+        """The confidence module's predicted Dice of a refined mask, mean over the organ's regions.
+
+        ``sign`` (+1 turned on, -1 turned off, 0 kept) is a crop of the input grid starting at ``origin``; it
+        is read at the centres of each region's low-resolution voxels (4 region voxels wide).
+        """
+        scores = []
+        for key, low in lows.items():
+            region = self._region_at(key)
+            m, t = region.image_to_region(self.image)  # input index = m @ region index + t
+            s4 = low.shape[-1]
+            f = region.size // s4
+            turned = resample_affine(
+                sign, m * f, t + m @ np.full(3, (f - 1) / 2) - origin, (s4,) * 3, fill=0.0
+            )
+            logits = low[0, 0].clone()
+            logits[turned > 0.5] = _REFINED_LOGIT
+            logits[turned < -0.5] = -_REFINED_LOGIT
+            scores.append(float(conf_module(region.embedding, logits[None, None]).reshape(-1)[0]))
+        return float(np.mean(scores)) if scores else 0.0
 
     def _confidence_closure(self, state: _OrganState):
         """A function computing (once) the agreement maps and scores of the organ's current decodes.
