@@ -16,7 +16,7 @@ would, with the model's answer as the seeds:
   (``vtkImageGrowCutSegment``).
 
 The working box is the mask and the clicks widened by ``margin_mm``. Grids finer than ``grid_mm`` are
-refined on blocks of whole voxels about ``grid_mm`` wide (the model's own resolution is 1.5 mm), and only the
+refined on blocks of whole voxels about ``grid_mm`` wide (2 voxels at 0.6-0.85 mm, 3 at 0.42-0.56 mm) (the model's own resolution is 1.5 mm), and only the
 blocks whose label changed are written back, so the model's fine boundary stays wherever the refinement
 agrees with it.
 
@@ -70,7 +70,15 @@ def geodesic_grow(intensity: np.ndarray, seeds: np.ndarray) -> np.ndarray:
     shape = intensity.shape
     values = np.asarray(intensity, dtype=np.float64)
     scale = float(values.std()) or 1.0
-    index = np.arange(values.size).reshape(shape)
+    labels = seeds.copy()
+    free = seeds == 0
+    if not free.any() or free.all():
+        return labels
+    # only the unseeded voxels and the seeds beside them take part: a path from a seed deeper inside its
+    # seeded area costs no less than one from its edge
+    nodes = free | (ndimage.binary_dilation(free) & ~free)
+    index = np.full(shape, -1, dtype=np.int64)
+    index[nodes] = np.arange(int(nodes.sum()))
     rows, cols, weights = [], [], []
     for axis in range(3):
         if shape[axis] < 2:
@@ -78,19 +86,21 @@ def geodesic_grow(intensity: np.ndarray, seeds: np.ndarray) -> np.ndarray:
         a = [slice(None)] * 3
         b = [slice(None)] * 3
         a[axis], b[axis] = slice(0, -1), slice(1, None)
-        rows.append(index[tuple(a)].ravel())
-        cols.append(index[tuple(b)].ravel())
-        weights.append(np.abs(values[tuple(a)] - values[tuple(b)]).ravel() / scale + 1e-3)
-    flat = seeds.ravel()
-    sources = np.flatnonzero(flat)
-    if not rows or sources.size == 0:
-        return seeds.copy()
-    graph = coo_matrix(
-        (np.concatenate(weights), (np.concatenate(rows), np.concatenate(cols))), shape=(flat.size,) * 2
-    ).tocsr()
-    _, _, nearest = dijkstra(graph, directed=False, indices=sources, min_only=True, return_predecessors=True)
-    labels = np.where(nearest >= 0, flat[np.maximum(nearest, 0)], 0).astype(seeds.dtype)
-    return labels.reshape(shape)
+        pair = nodes[tuple(a)] & nodes[tuple(b)]
+        rows.append(index[tuple(a)][pair])
+        cols.append(index[tuple(b)][pair])
+        weights.append(np.abs(values[tuple(a)][pair] - values[tuple(b)][pair]) / scale + 1e-3)
+    node_seeds = seeds[nodes]
+    sources = np.flatnonzero(node_seeds)
+    if sources.size == 0:
+        return labels
+    n = node_seeds.size
+    graph = coo_matrix((np.concatenate(weights), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
+    _, _, nearest = dijkstra(
+        graph.tocsr(), directed=False, indices=sources, min_only=True, return_predecessors=True
+    )
+    labels[nodes] = np.where(nearest >= 0, node_seeds[np.maximum(nearest, 0)], 0)
+    return labels
 
 
 def refine_mask(
@@ -134,7 +144,7 @@ def refine_mask(
     box = _slices(lo, hi)
 
     # blocks of whole voxels about grid_mm wide (1 voxel on grids at least that coarse)
-    factor = np.maximum(1, np.floor(cfg.grid_mm / sp + 1e-6)).astype(np.int64)
+    factor = np.maximum(1, np.floor(cfg.grid_mm / sp + 0.3)).astype(np.int64)
     fine = image[box].astype(np.float32, copy=False)
     fine_mask = np.zeros(tuple(int(b - a) for a, b in zip(lo, hi, strict=True)), dtype=bool)
     if mask.size:  # the model's mask pasted into the working box (it may reach beyond it: cut)
