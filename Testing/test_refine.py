@@ -119,3 +119,20 @@ def test_session_corrective_click_always_changes_the_clicked_voxel(positive) -> 
         positive
     ):  # the ball model draws a ball around each positive click: refined, the organ between them too
         assert scores[True] > scores[False] + 0.1
+
+
+def test_a_large_box_is_refined_on_coarser_blocks() -> None:
+    """A box of more blocks than max_blocks (here a speckled mask over a whole volume, as an untrained model
+    gives) is refined on coarser blocks: the result follows the clicks, and the model's voxels stay where
+    the blocks kept their label."""
+    image, organ = _blob_image(shape=(96, 96, 80), scale=3.0)
+    speckled = organ ^ (np.random.default_rng(1).random(organ.shape) < 0.2)
+    full = tuple(slice(0, n) for n in image.shape)
+    clicks = [(np.array([48, 48, 40]), True), (np.array([90, 90, 75]), False)]
+    cfg = RefineConfig(max_blocks=16**3)
+    box, refined = refine_mask(image, speckled, full, [1.0, 1.0, 1.0], clicks, cfg)
+    assert refined.shape == tuple(s.stop - s.start for s in box)
+    out = np.zeros(image.shape, dtype=bool)
+    out[box] = refined
+    assert out[48, 48, 40] and not out[90, 90, 75]
+    assert np.mean(out == speckled) > 0.9

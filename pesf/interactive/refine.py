@@ -15,10 +15,11 @@ would, with the model's answer as the seeds:
   difference (the image's scale divided out), the shortest-path form of Slicer's grow-cut
   (``vtkImageGrowCutSegment``).
 
-The working box is the mask and the clicks widened by ``margin_mm``. Grids finer than ``grid_mm`` are
-refined on blocks of whole voxels about ``grid_mm`` wide (2 voxels at 0.6-0.85 mm, 3 at 0.42-0.56 mm) (the model's own resolution is 1.5 mm), and only the
-blocks whose label changed are written back, so the model's fine boundary stays wherever the refinement
-agrees with it.
+The working box is the mask and the clicks widened by ``margin_mm``. Grids finer than ``grid_mm`` (the
+model's own resolution is 1.5 mm) are refined on blocks of whole voxels about ``grid_mm`` wide (2 voxels at
+0.6-0.85 mm, 3 at 0.42-0.56 mm), and a box of more than ``max_blocks`` blocks on coarser ones, so a click's
+cost stays bounded. Only the blocks whose label changed are written back, so the model's fine boundary
+stays wherever the refinement agrees with it.
 
 On structures of the sample CT that are not in the evaluation table (kidney_right, urinary_bladder,
 duodenum, iliopsoas_right, femur_right, vertebrae_L1, gluteus_medius_left, adrenal_gland_right, colon,
@@ -32,6 +33,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import dijkstra
@@ -52,6 +55,7 @@ class RefineConfig:
     click_mm: float = 3.0
     margin_mm: float = 10.0
     grid_mm: float = 1.5
+    max_blocks: int = 64**3  # a larger working box is refined on coarser blocks (a bounded cost per click)
 
 
 def geodesic_grow(intensity: np.ndarray, seeds: np.ndarray) -> np.ndarray:
@@ -143,8 +147,12 @@ def refine_mask(
     lo, hi = np.maximum(lo - pad, 0), np.minimum(hi + pad, shape)
     box = _slices(lo, hi)
 
-    # blocks of whole voxels about grid_mm wide (1 voxel on grids at least that coarse)
+    # blocks of whole voxels about grid_mm wide (1 voxel on grids at least that coarse), coarser in a box
+    # of more than max_blocks of them (the finest block side grows first)
     factor = np.maximum(1, np.floor(cfg.grid_mm / sp + 0.3)).astype(np.int64)
+    while np.prod(-(-(hi - lo) // factor)) > cfg.max_blocks:
+        axis = int(np.argmin(np.where(factor < hi - lo, factor * sp, np.inf)))
+        factor[axis] += 1
     fine = image[box].astype(np.float32, copy=False)
     fine_mask = np.zeros(tuple(int(b - a) for a, b in zip(lo, hi, strict=True)), dtype=bool)
     if mask.size:  # the model's mask pasted into the working box (it may reach beyond it: cut)
@@ -152,7 +160,7 @@ def refine_mask(
         if np.all(src_hi > src_lo):
             fine_mask[_slices(src_lo - lo, src_hi - lo)] = mask[_slices(src_lo - offset, src_hi - offset)]
     coarse_img = _block_mean(fine, factor)
-    coarse_mask = _block_mean(fine_mask.astype(np.float32), factor) > 0.5
+    coarse_mask = _block_mean(fine_mask, factor) > 0.5
     csp = sp * factor
     seeds = np.zeros(coarse_mask.shape, dtype=np.uint8)
     seeds[coarse_mask & (_distance(coarse_mask, csp) > cfg.inner_mm)] = ORGAN
@@ -185,14 +193,12 @@ def _slices(lo: np.ndarray, hi: np.ndarray) -> tuple[slice, ...]:
 
 
 def _block_mean(array: np.ndarray, factor: np.ndarray) -> np.ndarray:
-    """Mean over blocks of ``factor`` voxels (the last, partial blocks padded with edge values)."""
+    """Mean over blocks of ``factor`` voxels (the last blocks along an axis may be partial)."""
+    x = torch.from_numpy(np.ascontiguousarray(array)).to(torch.float32)
     if np.all(factor == 1):
-        return array
-    target = -(-np.array(array.shape) // factor) * factor
-    padded = np.pad(array, [(0, int(t - n)) for t, n in zip(target, array.shape, strict=True)], mode="edge")
-    f0, f1, f2 = (int(f) for f in factor)
-    n0, n1, n2 = (int(t // f) for t, f in zip(target, factor, strict=True))
-    return padded.reshape(n0, f0, n1, f1, n2, f2).mean(axis=(1, 3, 5))
+        return x.numpy()
+    f = tuple(int(v) for v in factor)
+    return F.avg_pool3d(x[None, None], f, f, ceil_mode=True)[0, 0].numpy()
 
 
 def _upsample(array: np.ndarray, factor: np.ndarray) -> np.ndarray:
