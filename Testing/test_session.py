@@ -271,7 +271,8 @@ def test_resample_paths_agree(grid):
 
 @pytest.mark.parametrize("grid", list(GRIDS))
 def test_resample_border_reads_the_edge_voxel(grid):
-    """With border=0.5 a position up to half a voxel beyond the outermost voxel centres reads the edge voxel."""
+    """With border=0.5 a position up to half a voxel beyond the outermost voxel centres reads the edge
+    voxel."""
     from pesf.interactive import resample as rs
 
     rng = np.random.default_rng(2)

@@ -15,8 +15,9 @@ c. the DICOM CT E: an unseen patient and scanner (liver seen as an organ, heart 
 d. the MR C: an unseen modality (TotalSegmentator ``total_mr`` labels).
 
 It prints a markdown table (dataset, organ, seen in training, Dice@1/@3/@5 of ours and grow-cut), on how
-many structures ours is above grow-cut, the model alone's mean Dice, the Spearman rank correlation between our confidence and the true Dice over every (organ, click) entry, and the mean
-latency per click of both methods. Which organs count as seen follows the default model's training set
+many structures ours is above grow-cut, the model alone's mean Dice, the Spearman rank correlation between
+our confidence and the true Dice over every (organ, click) entry, and the mean latency per click of both
+methods. Which organs count as seen follows the default model's training set
 (of this table's organs: liver, spleen, stomach, aorta, inferior vena cava and right kidney of A); for
 another ``--model`` the column is only a label.
 """

@@ -80,7 +80,7 @@ def geodesic_grow(intensity: np.ndarray, seeds: np.ndarray) -> np.ndarray:
         return labels
     # only the unseeded voxels and the seeds beside them take part: a path from a seed deeper inside its
     # seeded area costs no less than one from its edge
-    nodes = free | (ndimage.binary_dilation(free) & ~free)
+    nodes = ndimage.binary_dilation(free)
     index = np.full(shape, -1, dtype=np.int64)
     index[nodes] = np.arange(int(nodes.sum()))
     rows, cols, weights = [], [], []

@@ -1,12 +1,13 @@
 """Trilinear resampling between two voxel grids related by an affine map.
 
 ``out[p] = src[M @ p + t]`` for every output index ``p``, with trilinear interpolation and a fill value
-outside ``src``. With ``border=0.5`` a position up to half a voxel beyond the outermost voxel centres reads the
-edge voxel, so every position within the grid's extent (``-0.5 <= index <= n - 0.5``, the region
+outside ``src``. With ``border=0.5`` a position up to half a voxel beyond the outermost voxel centres reads
+the edge voxel, so every position within the grid's extent (``-0.5 <= index <= n - 0.5``, the region
 :func:`inside_mask` marks) reads the image, as ITK's linear interpolator does; a scan of a few slices then
-fills as many region layers as its thickness covers. When ``M`` maps each output axis onto a single source axis (the usual case: both grids
-are aligned with the patient axes, whatever their flips and permutations), the interpolation is done one
-axis at a time, which costs a few passes over the output instead of building a full sampling grid.
+fills as many region layers as its thickness covers. When ``M`` maps each output axis onto a single source
+axis (the usual case: both grids are aligned with the patient axes, whatever their flips and permutations),
+the interpolation is done one axis at a time, which costs a few passes over the output instead of building
+a full sampling grid.
 Otherwise :func:`torch.nn.functional.grid_sample` handles any oblique direction.
 """
 
