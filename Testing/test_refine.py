@@ -1,4 +1,4 @@
-"""Refinement of corrective clicks: geodesic grow from seeds, the model's mask as seeds, and the session."""
+"""Refinement of clicks: geodesic grow from seeds, the model's mask and logits as seeds, and the session."""
 
 from __future__ import annotations
 
@@ -37,11 +37,66 @@ def test_geodesic_grow_splits_at_the_intensity_edge() -> None:
     assert np.all(labels[:14] == ORGAN) and np.all(labels[16:] == BACKGROUND)
 
 
-def test_refinement_needs_a_second_click() -> None:
+def test_refinement_starts_at_from_click() -> None:
     image, organ = _blob_image()
     click = np.array(np.argwhere(organ).mean(axis=0).round(), dtype=np.int64)
     full = tuple(slice(0, n) for n in image.shape)
-    assert refine_mask(image, organ, full, [1.0, 1.0, 1.0], [(click, True)]) is None
+    assert refine_mask(image, organ, full, [1.0, 1.0, 1.0], []) is None
+    assert refine_mask(image, organ, full, [1.0, 1.0, 1.0], [(click, True)], RefineConfig(from_click=2)) is None
+    box, refined = refine_mask(image, organ, full, [1.0, 1.0, 1.0], [(click, True)])  # default: the first
+    out = np.zeros(image.shape, dtype=bool)
+    out[box] = refined
+    assert dice(organ, out) > 0.97  # a right mask stays right
+    with pytest.raises(ValueError, match="from_click"):
+        RefineConfig(from_click=0)
+    with pytest.raises(ValueError, match="differ in shape"):
+        refine_mask(image, organ, full, [1.0] * 3, [(click, True)], logits=np.zeros((2, 2, 2), np.float32))
+
+
+def test_an_unsure_model_lets_the_image_decide_after_one_click() -> None:
+    """A model that found only the core of an organ and is unsure around it (logits a little below 0): the
+    first click's refinement grows the mask to the organ's edge; if the model is sure of the background
+    there (logits far below 0), its mask is kept but for a narrow band."""
+    image, organ = _blob_image()
+    grid = np.argwhere(np.ones(organ.shape, dtype=bool)).reshape(*organ.shape, 3)
+    centre = np.array(organ.shape) / 2
+    core = (((grid - centre) / [7.0, 5.0, 4.5]) ** 2).sum(axis=-1) <= 1.0  # half the organ's size
+    full = tuple(slice(0, n) for n in image.shape)
+    click = [(np.rint(centre).astype(np.int64), True)]
+    outs = {}
+    for name, outside in (("unsure", -1.0), ("sure", -10.0)):
+        logits = np.where(core, 3.0, outside).astype(np.float32)
+        box, refined = refine_mask(image, core, full, [1.0, 1.0, 1.0], click, logits=logits)
+        outs[name] = np.zeros(image.shape, dtype=bool)
+        outs[name][box] = refined
+    assert dice(organ, core) < 0.6
+    assert dice(organ, outs["unsure"]) > 0.95
+    assert dice(organ, outs["sure"]) < 0.8 and (outs["sure"] & ~organ).sum() == 0
+
+
+def test_a_thin_structure_keeps_its_centre_line_as_organ_seeds() -> None:
+    """A vessel 6 voxels wide whose intensity fades along it: organ seeds deeper than a fraction of the mask's
+    greatest depth (not a fixed 12 mm, which a vessel never reaches) keep its whole length."""
+    shape = (60, 32, 32)
+    image = np.zeros(shape, dtype=np.float32)
+    vessel = np.zeros(shape, dtype=bool)
+    vessel[:, 13:19, 13:19] = True
+    image[vessel] = np.repeat(np.linspace(200.0, 40.0, shape[0]), 36)  # bright at one end, faint at the other
+    full = tuple(slice(0, n) for n in shape)
+    near = np.zeros(shape, dtype=bool)
+    near[:, 9:23, 9:23] = True
+    # the model found it, unsure just around it and sure of the background farther out
+    logits = np.where(vessel, 4.0, np.where(near, -1.0, -10.0)).astype(np.float32)
+    clicks = [(np.array([8, 16, 16]), True)]
+    box, refined = refine_mask(image, vessel, full, [1.0, 1.0, 1.0], clicks, logits=logits)
+    out = np.zeros(shape, dtype=bool)
+    out[box] = refined
+    assert dice(vessel, out) > 0.95
+    fixed = RefineConfig(inner_fraction=10.0)  # only the fixed depth: no organ seeds but the click
+    box, refined = refine_mask(image, vessel, full, [1.0, 1.0, 1.0], clicks, fixed, logits=logits)
+    out[:] = False
+    out[box] = refined
+    assert dice(vessel, out) < 0.9
 
 
 def test_a_positive_click_claims_what_the_model_left_out() -> None:
@@ -80,9 +135,9 @@ def test_a_fine_grid_is_refined_on_blocks_and_keeps_the_model_s_boundary_elsewhe
     half[72:] = False
     full = tuple(slice(0, n) for n in image.shape)
     spacing = [0.5, 0.5, 0.5]  # blocks of 3 voxels (1.5 mm)
-    box, refined = refine_mask(
-        image, half, full, spacing, [(np.array([55, 72, 60]), True), (np.array([100, 72, 60]), True)]
-    )
+    logits = np.where(half, 4.0, -2.0).astype(np.float32)  # unsure of what it left out
+    clicks = [(np.array([55, 72, 60]), True), (np.array([100, 72, 60]), True)]
+    box, refined = refine_mask(image, half, full, spacing, clicks, logits=logits)
     out = np.zeros(image.shape, dtype=bool)
     out[box] = refined
     assert dice(organ, out) > 0.9
@@ -93,7 +148,8 @@ def test_a_fine_grid_is_refined_on_blocks_and_keeps_the_model_s_boundary_elsewhe
 @pytest.mark.parametrize("positive", [True, False])
 def test_session_corrective_click_always_changes_the_clicked_voxel(positive) -> None:
     """The ball model ignores the image; a corrective click on a bright organ it missed (or a negative click
-    on dark background it took) now changes the mask where the user pointed, and only with refinement."""
+    on dark background it took) now changes the mask where the user pointed, and only with refinement (here
+    of corrective clicks only, so that the first click's mask is the model's in both runs)."""
     image, organ = _blob_image(shape=(64, 64, 48), noise=3.0)
     vol = Volume(image, origin=[0.0, 0.0, 0.0], spacing=[1.5, 1.5, 1.5], direction=np.eye(3))
     centre = np.array([32.0, 32.0, 24.0])
@@ -104,7 +160,10 @@ def test_session_corrective_click_always_changes_the_clicked_voxel(positive) -> 
         second = np.array([32.0, 32.0 + 12.0, 24.0])
     assert organ[tuple(second.astype(int))] == positive
     scores = {}
-    for refine, changes in ((None, False), (RefineConfig(), True)):
+    # the ball model is sure of all outside its balls (logits far below 0); taken as unsure here (a threshold
+    # it never passes), the refinement may claim the organ between and around the balls
+    refined = RefineConfig(from_click=2, background_logit=100.0)
+    for refine, changes in ((None, False), (refined, True)):
         # a ball of radius 5 region voxels (7.5 mm): the click at 12 voxels (18 mm) lies outside it
         ball = BallModel(radius=5) if positive else BallModel(radius=10)
         session = InteractiveSession(ball, vol, SessionConfig(confidence_runs=0, refine=refine, grow=False))
@@ -136,3 +195,16 @@ def test_a_large_box_is_refined_on_coarser_blocks() -> None:
     out[box] = refined
     assert out[48, 48, 40] and not out[90, 90, 75]
     assert np.mean(out == speckled) > 0.9
+
+
+def test_the_session_refines_from_the_first_click_by_default() -> None:
+    image, organ = _blob_image(shape=(64, 64, 48), noise=3.0)
+    vol = Volume(image, origin=[0.0, 0.0, 0.0], spacing=[1.5, 1.5, 1.5], direction=np.eye(3))
+    centre = np.array([32.0, 32.0, 24.0])
+    for refine, refined in ((RefineConfig(), True), (RefineConfig(from_click=2), False)):
+        session = InteractiveSession(
+            BallModel(radius=5), vol, SessionConfig(confidence_runs=0, refine=refine, grow=False)
+        )
+        result = session.add_click("organ", centre, True)
+        assert ("refine_s" in result.timings) == refined
+        assert result.full_mask()[32, 32, 24]

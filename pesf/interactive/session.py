@@ -198,7 +198,7 @@ class InteractiveSession:
             result = self._compose(organ, state)
             t2 = time.perf_counter()
             timings["paste_s"] = t2 - t1
-            if self.config.refine is not None and len(state.clicks) >= 2:
+            if self.config.refine is not None and len(state.clicks) >= self.config.refine.from_click:
                 result = self._refine(result, state)
                 timings["refine_s"] = time.perf_counter() - t2
         except BaseException:
@@ -538,7 +538,13 @@ class InteractiveSession:
         """
         clicks = [(self.image.lps_to_index(c.lps), c.positive) for c in state.clicks]
         refined = refine_mask(
-            self.image.array, result.mask, result.bbox, self.image.spacing, clicks, self.config.refine
+            self.image.array,
+            result.mask,
+            result.bbox,
+            self.image.spacing,
+            clicks,
+            self.config.refine,
+            logits=result.logits if result.logits.size else None,
         )
         if refined is None:
             return result
