@@ -235,10 +235,11 @@ def test_prompts_from_points_keep_order_and_sign():
 
 @pytest.mark.parametrize("name", ["liver", "spleen", "kidney_right", "kidney_left", "stomach"])
 def test_ball_model_prompted_automatically_lands_inside_the_organ(ct, name):
-    """Independent of a trained model: the ball drawn around each automatic click lies inside the organ."""
+    """Independent of a trained model: the ball drawn around each automatic click lies inside the organ (the
+    ball as the model draws it: no refinement by the image)."""
     image, label = ct
     mask = label.array == CT_ORGANS[name]
-    session = InteractiveSession(BallModel(radius=4), image, SessionConfig(confidence_runs=0))
+    session = InteractiveSession(BallModel(radius=4), image, SessionConfig(confidence_runs=0, refine=None))
     result = None
     for ijk, positive in prompts_from_mask(mask, image.spacing, n_positive=None):
         result = session.add_click(name, ijk, positive)
@@ -259,7 +260,7 @@ def test_pseudo_label_case_with_the_ball_model_pastes_into_the_store(tmp_path, c
         BallModel(radius=6),
         source_label=label,
         n_positive=1,
-        session_config=SessionConfig(confidence_runs=2),
+        session_config=SessionConfig(confidence_runs=2, refine=None),  # the ball as the model draws it
     )
     assert report["organs"]["aorta"]["status"] == "skipped"
     assert {report["organs"][n]["status"] for n in ("liver", "kidney_right")} == {"pseudo"}
