@@ -42,7 +42,9 @@ def test_refinement_starts_at_from_click() -> None:
     click = np.array(np.argwhere(organ).mean(axis=0).round(), dtype=np.int64)
     full = tuple(slice(0, n) for n in image.shape)
     assert refine_mask(image, organ, full, [1.0, 1.0, 1.0], []) is None
-    assert refine_mask(image, organ, full, [1.0, 1.0, 1.0], [(click, True)], RefineConfig(from_click=2)) is None
+    assert (
+        refine_mask(image, organ, full, [1.0, 1.0, 1.0], [(click, True)], RefineConfig(from_click=2)) is None
+    )
     box, refined = refine_mask(image, organ, full, [1.0, 1.0, 1.0], [(click, True)])  # default: the first
     out = np.zeros(image.shape, dtype=bool)
     out[box] = refined
@@ -92,7 +94,9 @@ def test_a_thin_structure_keeps_its_centre_line_as_organ_seeds() -> None:
     out = np.zeros(shape, dtype=bool)
     out[box] = refined
     assert dice(vessel, out) > 0.95
-    fixed = RefineConfig(inner_fraction=10.0)  # only the fixed depth: no organ seeds but the click
+    fixed = RefineConfig(
+        inner_fraction=10.0, inner_fraction_max=10.0
+    )  # the fixed depth: only the click seeds
     box, refined = refine_mask(image, vessel, full, [1.0, 1.0, 1.0], clicks, fixed, logits=logits)
     out[:] = False
     out[box] = refined
