@@ -114,8 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-refine",
         action="store_true",
         help=(
-            "with --method pesf: score the model's masks as they are, without the refinement of corrective "
-            "clicks (a geodesic grow from the model's mask and the clicks, from an organ's second click on)"
+            "with --method pesf: score the model's masks as they are, without their refinement by the image "
+            "(a geodesic grow from the model's mask, its logits and the clicks, from an organ's first click on)"
         ),
     )
     p.add_argument(

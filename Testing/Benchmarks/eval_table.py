@@ -6,8 +6,8 @@ Regenerate it with one command::
 
 It runs ``pesf evaluate`` (5 clicks, seed 0; Dice after clicks 1, 3 and 5 of one run is what separate runs
 with 1, 3 and 5 clicks would give, since clicks only depend on the clicks and predictions before them) with
-``--method pesf`` (the session as users get it: the model, and from an organ's second click on the refinement
-of corrective clicks), with ``--method pesf --no-refine`` (the model alone) and with ``--method growcut`` on:
+``--method pesf`` (the session as users get it: the model, its mask refined by the image from an organ's
+first click on), with ``--method pesf --no-refine`` (the model alone) and with ``--method growcut`` on:
 
 a. the sample CT A, structures the bundled default model was not trained on (held out);
 b. the sample CT A, organs the default model was trained on (marked as seen);
@@ -104,8 +104,8 @@ DATASETS = (
 
 
 METHODS = ("pesf", "model", "growcut")
-"""``pesf`` is the session as users get it; ``model`` the same model without the refinement of corrective
-clicks (``pesf evaluate --no-refine``); ``growcut`` Slicer's Grow from seeds."""
+"""``pesf`` is the session as users get it; ``model`` the same model without its refinement by the
+image (``pesf evaluate --no-refine``); ``growcut`` Slicer's Grow from seeds."""
 
 
 def run_evaluate(dataset: Dataset, method: str, model: str, threads: int | None, folder: Path) -> dict:
@@ -216,7 +216,7 @@ def to_markdown(table: dict[str, Any], model: dict[str, Any]) -> str:
         if all("model" in r for r in rows):
             alone = np.mean([r["model"] for r in rows], axis=0)
             lines.append(
-                "The model alone (without the refinement of corrective clicks, `pesf evaluate --no-refine`): "
+                "The model alone (without its refinement by the image, `pesf evaluate --no-refine`): "
                 + " / ".join(f"{d:.3f}" for d in alone)
                 + f" mean Dice after {' / '.join(str(c) for c in CLICKS)} clicks."
             )

@@ -28,7 +28,7 @@ class OrganResult:
         n_clicks: clicks given for this organ so far.
         n_regions: regions of interest that make up the organ.
         timings: seconds per step of the last click (``preprocess_s``, ``encode_s``, ``decode_s``,
-            ``paste_s``, from an organ's second click on ``refine_s``, and ``total_s``).
+            ``paste_s``, with the refinement (by default from an organ's first click on) ``refine_s``, and ``total_s``).
     """
 
     name: str

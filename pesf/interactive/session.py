@@ -8,9 +8,10 @@ with a few randomly perturbed copies of the clicks: their agreement with the mai
 confidence map. Organs that reach a region's border grow into overlapping neighbour regions, each centred on
 a seed point deep in the mask near that border and prompted with it; a grown region whose mask disagrees
 with its parent's is dropped. The region logits are pasted back onto the input grid, resampling only the
-bounding box of the predicted organ. From an organ's second click on, the mask is refined by a geodesic
-grow from seeds that the model's mask and the clicks provide (:mod:`pesf.interactive.refine`), so a
-corrective click always changes the mask where the user pointed.
+bounding box of the predicted organ. From an organ's first click on, the mask is refined by a geodesic
+grow from seeds that the model's mask, its logits and the clicks provide (:mod:`pesf.interactive.refine`):
+the image decides where the model is unsure, and a corrective click always changes the mask where the user
+pointed.
 
 Typical use::
 
@@ -44,7 +45,7 @@ __all__ = ["InteractiveSession", "SessionConfig"]
 logger = logging.getLogger(__name__)
 
 _BACKGROUND_LOGIT = -20.0
-_REFINED_LOGIT = 2.0  # |logit| of a voxel the refinement of corrective clicks turned (probability 0.88)
+_REFINED_LOGIT = 2.0  # |logit| of a voxel the refinement turned (probability 0.88)
 _GROW_MIN_DEPTH = 2.0  # voxels from the mask's border for a seed of growth
 _GROW_MIN_AGREEMENT = 0.5  # Dice of a grown region's mask with its parent's where they overlap
 
@@ -65,8 +66,9 @@ class SessionConfig:
         share_radius: a click reuses another organ's region only if it lies within this many voxels of the
             region's centre; otherwise it gets a region centred on it, the framing models are trained on (an
             organ framed off-centre by another organ's region is segmented worse).
-        refine: from an organ's second click on, refine the model's mask by a geodesic grow from seeds
-            (:mod:`pesf.interactive.refine`); ``None`` leaves the model's mask as it is.
+        refine: refine the model's mask by a geodesic grow from seeds (:mod:`pesf.interactive.refine`), from
+            the organ's click ``refine.from_click`` on (the first by default); ``None`` leaves the model's
+            mask as it is.
         seed: seed of the click perturbation.
     """
 
