@@ -231,6 +231,19 @@ def test_steps_have_finite_loss_and_train_the_right_weights(ws, tiny, trainable)
     assert not decoder_same
 
 
+def test_synthetic_targets_replace_a_share_of_the_training_regions(ws, tiny):
+    """With ``synthetic_prob`` 1 every training region is a synthetic target (named so in the step's record);
+    with 0 none is, and validation never is."""
+    trainer = _trainer(ws, tiny, augmentation={"synthetic_prob": 1.0})
+    result = trainer.train_step()
+    assert result.samples == ["synthetic"] and np.isfinite(result.loss)
+    item = trainer.plan.train[0]
+    sample = trainer._prepare(item, np.random.default_rng(0), train=False)
+    assert sample.organ == item.organ and sample.organ != "synthetic"
+    trainer = _trainer(ws, tiny, augmentation={"synthetic_prob": 0.0})
+    assert "synthetic" not in trainer.train_step().samples
+
+
 def test_coarse_loss_grid_matches_the_full_grid_loss(ws, tiny):
     """The loss on a half-resolution grid (``loss_size``) stays close to the loss on the region's grid and
     trains the same weights; clicks land on the organ, in region coordinates."""

@@ -39,7 +39,7 @@ from pesf.train.config import PlanItem, TrainConfig, TrainingPlan, build_plan
 from pesf.train.curriculum import CurriculumSampler
 from pesf.train.distributed import DistContext
 from pesf.train.losses import partial_dice_ce_loss
-from pesf.train.samples import TrainingSample, prepare_sample, simulate_clicks
+from pesf.train.samples import TrainingSample, prepare_sample, simulate_clicks, synthetic_sample
 from pesf.train.status import CheckpointRequest, RunOutcome, StepResult, ValidationResult
 
 __all__ = ["EVENTS", "InteractiveStep", "Trainer", "known_dice"]
@@ -277,8 +277,11 @@ class Trainer:
         return self._cases[case_id]
 
     def _prepare(self, item: PlanItem, rng: np.random.Generator, train: bool) -> TrainingSample:
-        """A training region (random centre in the organ, augmented if configured) or a validation region
-        (centred, never augmented)."""
+        """A training region (random centre in the organ, augmented if configured; with augmentation's
+        ``synthetic_prob`` a synthetic target instead) or a validation region (centred, never augmented)."""
+        synthetic = self._augmentation.synthetic_prob if train and self.config.augment else 0.0
+        if synthetic > 0 and rng.random() < synthetic:
+            return synthetic_sample(rng, self.model.config.image_size)
         image, label, unknown = self._case(item.case_id)
         return prepare_sample(
             image,
@@ -326,7 +329,7 @@ class Trainer:
                 samples.append(self._prepare(item, rng, train=True))
                 clicker = TrainingClicker if cfg.training_clicks == "fast" else ClickSimulator
                 simulators.append(clicker(int(rng.integers(2**31))))
-                names.append(item.key)
+                names.append("synthetic" if samples[-1].organ == "synthetic" else item.key)
             image, target, known = self._batch(samples)
             last = micro == cfg.accumulate - 1
             sync = contextlib.nullcontext() if last or not self.dist.distributed else self.forward.no_sync()
