@@ -104,7 +104,8 @@ SMALL = ConfidenceConfig(embed_dim=96, width=16, mask_width=8, hidden=32)
 
 @pytest.fixture(scope="module")
 def organ_examples(tiny: Sam3D, ct_volume: Volume, ct_labels: Volume):
-    """12 pairs (6 organs, 2 regions each) and their examples: 4 click sequences of 2 clicks, 8 degraded."""
+    """12 pairs (6 organs, 2 regions each) and their examples: 4 click sequences of 2 clicks (half of their
+    masks also refined by the image), 8 degraded."""
     pairs = organ_pairs(ct_volume, ct_labels, list(ORGANS))
     calls = []
     examples = make_confidence_examples(
@@ -121,7 +122,9 @@ def organ_examples(tiny: Sam3D, ct_volume: Volume, ct_labels: Volume):
 
 def test_examples_span_a_range_of_dice(organ_examples) -> None:
     pairs, examples = organ_examples
-    assert len(examples) == 12 * (4 * 2 + 8) and examples.n_pairs == 12
+    refined = [i for i, k in enumerate(examples.kinds) if k.startswith("refined-")]
+    assert 0 < len(refined) <= 12 * 4 * 2
+    assert len(examples) == 12 * (4 * 2 + 8) + len(refined) and examples.n_pairs == 12
     assert examples.embeddings.shape == (12, 96, 8, 8, 8)
     assert examples.low_res.shape == (len(examples), 1, 32, 32, 32)
     d = examples.dice.numpy()
@@ -133,6 +136,8 @@ def test_examples_span_a_range_of_dice(organ_examples) -> None:
     )
 
     # the recorded Dice is the Dice at region resolution of the upsampled mask, as the session pastes it
+    # (for a refined mask: of the refined mask, which its logits only approximate, turned to +-2)
+    assert not any(examples.kinds[r].startswith("refined-") for r in (0, len(examples) - 1))
     for row in (0, len(examples) - 1):
         up = F.interpolate(
             examples.low_res[row : row + 1], size=(128,) * 3, mode="trilinear", align_corners=False
@@ -141,9 +146,11 @@ def test_examples_span_a_range_of_dice(organ_examples) -> None:
         assert float(examples.dice[row]) == pytest.approx(dice(target, up[0, 0].numpy() > 0), abs=1e-6)
 
     second = examples.select([1])
+    in_second = int((examples.index == 1).sum())
+    assert in_second >= 16
     assert (
         second.n_pairs == 1
-        and len(second) == 16
+        and len(second) == in_second
         and torch.equal(second.embeddings[0], examples.embeddings[1])
     )
 
@@ -162,6 +169,29 @@ def test_training_beats_untrained_module_on_held_out_pairs(organ_examples) -> No
     assert 0.0 <= metrics["threshold"] <= 1.0
 
 
+def test_a_refined_example_carries_the_turned_logits_and_the_refined_dice() -> None:
+    """A model mask of half a bright ball, unsure around it: refined by the image with its clicks (the second in
+    the missed half), the example's logits are the model's set to +2 where the refinement turned voxels on, and
+    its Dice is the refined mask's (higher than the model's)."""
+    from pesf.train.confidence_examples import _refined_example
+
+    size = 64
+    grid = np.stack(np.indices((size,) * 3), axis=-1)
+    ball = np.linalg.norm(grid - 32, axis=-1) <= 14
+    image = np.where(ball, 3.0, -1.0).astype(np.float32) + np.random.default_rng(0).normal(
+        0, 0.05, ball.shape
+    )
+    target = torch.from_numpy(ball.astype(np.float32))[None, None]
+    half = torch.from_numpy((ball & (grid[..., 0] < 32)).astype(np.float32))[None, None]
+    low = (F.adaptive_avg_pool3d(half, 16) > 0.5).float() * 4.0 - 1.0  # inside 3, unsure (-1) outside
+    clicks = [(np.array([25.0, 32.0, 32.0]), True), (np.array([40.0, 32.0, 32.0]), True)]
+    logits, refined_dice = _refined_example(image, low[0], target, clicks, PerturbSettings())
+    up = F.interpolate(low, size=(size,) * 3, mode="trilinear", align_corners=False)[0, 0].numpy() > 0
+    assert float(refined_dice) > dice(ball, up) + 0.2
+    turned_on = (logits[0] == 2.0) & (low[0, 0] < 0)
+    assert turned_on.any() and torch.equal(logits[0][~turned_on], low[0, 0][~turned_on])
+
+
 def test_train_confidence_module_end_to_end(tiny: Sam3D, ct_volume: Volume, ct_labels: Volume) -> None:
     pairs = organ_pairs(ct_volume, ct_labels, ["liver", "spleen", "kidney_left"], offsets=OFFSETS_MM[:1])
     pairs.append((pairs[0][0], torch.zeros_like(pairs[0][1])))  # an empty target is skipped
@@ -175,7 +205,7 @@ def test_train_confidence_module_end_to_end(tiny: Sam3D, ct_volume: Volume, ct_l
         val_fraction=0.2,
         config=SMALL,
         clicks_per_example=(1,),
-        perturb=PerturbSettings(sequences=2, degraded_per_pair=2),
+        perturb=PerturbSettings(sequences=2, degraded_per_pair=2, refine_prob=0.0),  # counts known
         progress=lambda done, total, msg: calls.append((done, total, msg.split(":")[0])),
     )
     assert isinstance(module, ConfidenceModule) and module.config == SMALL

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from pesf.errors import PesfError
-from pesf.interactive.refine import RefineConfig, refine_mask
+from pesf.interactive.refine import REFINED_LOGIT, RefineConfig, refine_mask
 from pesf.interactive.resample import resample_affine
 from pesf.interactive.result import OrganResult
 from pesf.interactive.roi import Region, make_region
@@ -45,7 +45,6 @@ __all__ = ["InteractiveSession", "SessionConfig"]
 logger = logging.getLogger(__name__)
 
 _BACKGROUND_LOGIT = -20.0
-_REFINED_LOGIT = 2.0  # |logit| of a voxel the refinement turned (probability 0.88)
 _GROW_MIN_DEPTH = 2.0  # voxels from the mask's border for a seed of growth
 _GROW_MIN_AGREEMENT = 0.5  # Dice of a grown region's mask with its parent's where they overlap
 
@@ -565,7 +564,7 @@ class InteractiveSession:
         if result.logits.size:
             logits[inner(result.bbox)] = result.logits
         turned = mask != (logits[inner(box)] > 0)
-        logits[inner(box)][turned] = np.where(mask[turned], _REFINED_LOGIT, -_REFINED_LOGIT)
+        logits[inner(box)][turned] = np.where(mask[turned], REFINED_LOGIT, -REFINED_LOGIT)
         old_map, old_bbox = result.confidence_map_fn, result.bbox
 
         def confidence_map() -> np.ndarray:
@@ -622,8 +621,8 @@ class InteractiveSession:
                 sign, m * f, t + m @ np.full(3, (f - 1) / 2) - origin, (s4,) * 3, fill=0.0
             )
             logits = low[0, 0].clone()
-            logits[turned > 0.5] = _REFINED_LOGIT
-            logits[turned < -0.5] = -_REFINED_LOGIT
+            logits[turned > 0.5] = REFINED_LOGIT
+            logits[turned < -0.5] = -REFINED_LOGIT
             scores.append(float(conf_module(region.embedding, logits[None, None]).reshape(-1)[0]))
         return float(np.mean(scores)) if scores else 0.0
 

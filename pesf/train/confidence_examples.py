@@ -1,9 +1,11 @@
 """Training examples of the confidence module: masks of varied quality, each with its true Dice.
 
 The masks are made by the SAM model itself from simulated click sequences (clean, jittered, wrong-organ and
-wrong-negative clicks, with or without the previous-mask prompt), plus the target degraded by known amounts
-(erosion, dilation, shift, cut, false-positive blob), each labelled with its true Dice at full region
-resolution (:func:`make_confidence_examples`, varied as :class:`PerturbSettings` says). The network is in
+wrong-negative clicks, with or without the previous-mask prompt), some of them refined by the image as the
+interactive session refines them (:mod:`pesf.interactive.refine`; the refined mask enters as the model's
+logits set to +-2 where the refinement turned them, as the session scores it), plus the target degraded by
+known amounts (erosion, dilation, shift, cut, false-positive blob), each labelled with its true Dice at full
+region resolution (:func:`make_confidence_examples`, varied as :class:`PerturbSettings` says). The network is in
 :mod:`pesf.models.confidence`, its fitting in :mod:`pesf.train.confidence`.
 """
 
@@ -21,6 +23,7 @@ from scipy import ndimage
 from torch import Tensor, nn
 
 from pesf.eval.clicks import ClickSimulator
+from pesf.interactive.refine import REFINED_LOGIT, RefineConfig, refine_mask
 from pesf.models.confidence import MaskFeatures, mask_features
 
 __all__ = ["ConfidenceExamples", "PerturbSettings", "ProgressCallback", "make_confidence_examples"]
@@ -43,6 +46,10 @@ class PerturbSettings:
         prev_mask_prob: chance that a sequence passes its previous mask as the mask prompt.
         degraded_per_pair: extra masks per pair made by degrading the target by known amounts.
         click_grid: grid (voxels per side) on which clicks are simulated; a divisor of the region size.
+        refine_prob: chance that a decoded mask is also refined by the image with its clicks (an extra
+            example); 0 makes none.
+        refine: the refinement's settings (default :class:`~pesf.interactive.refine.RefineConfig`).
+        spacing_mm: the regions' voxel size, for the refinement's widths.
     """
 
     sequences: int = 4
@@ -52,6 +59,9 @@ class PerturbSettings:
     prev_mask_prob: float = 0.75
     degraded_per_pair: int = 4
     click_grid: int = 64
+    refine_prob: float = 0.5
+    refine: RefineConfig | None = None
+    spacing_mm: float = 1.5
 
 
 @dataclass
@@ -165,6 +175,48 @@ def _degrade(target: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, 
     return mask, f"degraded-{op}"
 
 
+def _refined_example(
+    image: np.ndarray,
+    low_res: Tensor,
+    target: Tensor,
+    clicks: list[tuple[np.ndarray, bool]],
+    settings: PerturbSettings,
+) -> tuple[Tensor, Tensor] | None:
+    """A decoded mask refined by the image with its clicks: ``(logits (1, s, s, s), true Dice)``, or ``None``
+    when the refinement turns nothing.
+
+    The logits are the model's, set to +-2 at the low-resolution voxels whose centre the refinement turned
+    (the session's input to the module); the Dice is the refined mask's own, at region resolution.
+    """
+    size = image.shape
+    up = F.interpolate(low_res[None].float(), size=size, mode="trilinear", align_corners=False)[0, 0].numpy()
+    mask = up > 0
+    full = tuple(slice(0, n) for n in size)
+    spacing = [settings.spacing_mm] * 3
+    out = refine_mask(image, mask, full, spacing, clicks, settings.refine, logits=up)
+    if out is None:
+        return None
+    box, refined_box = out
+    refined = mask.copy()
+    refined[box] = refined_box
+    turned = refined.astype(np.float32) - mask.astype(np.float32)  # +1 on, -1 off, 0 kept
+    if not turned.any():
+        return None
+    factor = size[0] // low_res.shape[-1]
+    at_centres = torch.from_numpy(turned)[None, None]
+    if factor > 1:  # read at each low-resolution voxel's centre (between its two middle voxels)
+        lo = (factor - 1) // 2
+        at_centres = F.avg_pool3d(at_centres[..., lo:, lo:, lo:], 2 if factor % 2 == 0 else 1, factor)
+    logits = low_res.clone().float()
+    at = at_centres[0, 0, : logits.shape[-3], : logits.shape[-2], : logits.shape[-1]]
+    logits[0][at > 0.5] = REFINED_LOGIT
+    logits[0][at < -0.5] = -REFINED_LOGIT
+    tgt = target[0, 0].numpy() > 0.5
+    total = refined.sum() + tgt.sum()
+    dice = 2.0 * float((refined & tgt).sum()) / float(total) if total else 1.0
+    return logits, torch.tensor(dice, dtype=torch.float32)
+
+
 def _mask_logits(mask: np.ndarray, rng: np.random.Generator) -> Tensor:
     """Decoder-like logits for a binary mask: scaled signed distance plus smooth noise, ``(1, 1, s, s, s)``."""
     inside = ndimage.distance_transform_edt(mask) if mask.any() else np.zeros(mask.shape)
@@ -179,6 +231,7 @@ def _mask_logits(mask: np.ndarray, rng: np.random.Generator) -> Tensor:
 def _pair_examples(
     model: nn.Module,
     embedding: Tensor,
+    image: Tensor,
     target: Tensor,
     record: set[int],
     settings: PerturbSettings,
@@ -239,6 +292,15 @@ def _pair_examples(
             out_low += list(low_res)
             out_dice += list(_dice_at(low_res, tgt))
             out_kinds += kinds
+            for i in range(k):
+                if settings.refine_prob <= 0 or rng.random() >= settings.refine_prob:
+                    continue
+                clicks = [(coords[i, j], bool(labels[i, j])) for j in range(step)]
+                refined = _refined_example(image[0, 0].numpy(), low_res[i], target, clicks, settings)
+                if refined is not None:
+                    out_low.append(refined[0])
+                    out_dice.append(refined[1])
+                    out_kinds.append(f"refined-{kinds[i]}")
         if step < steps:
             up = F.interpolate(low_res, size=(grid,) * 3, mode="trilinear", align_corners=False)[:, 0] > 0
             pred_grid = list(up.numpy())
@@ -301,7 +363,7 @@ def make_confidence_examples(
                 continue
             with torch.no_grad():
                 embedding = model.encode(image.to(device))
-            low, dice, kind = _pair_examples(model, embedding, target, record, settings, rng)
+            low, dice, kind = _pair_examples(model, embedding, image, target, record, settings, rng)
             index += [len(embeddings)] * len(low)
             embeddings.append(embedding.float().cpu())
             lows += low
