@@ -23,6 +23,7 @@ from scipy import ndimage
 from torch import Tensor, nn
 
 from pesf.eval.clicks import ClickSimulator
+from pesf.eval.metrics import dice
 from pesf.interactive.refine import REFINED_LOGIT, RefineConfig, refine_mask
 from pesf.models.confidence import MaskFeatures, mask_features
 
@@ -211,10 +212,7 @@ def _refined_example(
     at = at_centres[0, 0, : logits.shape[-3], : logits.shape[-2], : logits.shape[-1]]
     logits[0][at > 0.5] = REFINED_LOGIT
     logits[0][at < -0.5] = -REFINED_LOGIT
-    tgt = target[0, 0].numpy() > 0.5
-    total = refined.sum() + tgt.sum()
-    dice = 2.0 * float((refined & tgt).sum()) / float(total) if total else 1.0
-    return logits, torch.tensor(dice, dtype=torch.float32)
+    return logits, torch.tensor(dice(target[0, 0].numpy() > 0.5, refined), dtype=torch.float32)
 
 
 def _mask_logits(mask: np.ndarray, rng: np.random.Generator) -> Tensor:
@@ -363,11 +361,11 @@ def make_confidence_examples(
                 continue
             with torch.no_grad():
                 embedding = model.encode(image.to(device))
-            low, dice, kind = _pair_examples(model, embedding, image, target, record, settings, rng)
+            low, true_dice, kind = _pair_examples(model, embedding, image, target, record, settings, rng)
             index += [len(embeddings)] * len(low)
             embeddings.append(embedding.float().cpu())
             lows += low
-            dices += dice
+            dices += true_dice
             kinds += kind
             if progress is not None:
                 progress(done, total, f"confidence examples: pair {done}")
