@@ -195,9 +195,9 @@ def refine_mask(
             fine_mask[dst] = mask[src]
             if logits is not None:
                 fine_logit[dst] = logits[src]
-    coarse_img = _block_mean(fine, factor)
-    coarse_mask = _block_mean(fine_mask, factor) > 0.5
-    coarse_logit = _block_max(fine_logit, factor)  # a block is as sure as its least sure voxel
+    coarse_img = _block_pool(fine, factor)
+    coarse_mask = _block_pool(fine_mask, factor) > 0.5
+    coarse_logit = _block_pool(fine_logit, factor, F.max_pool3d)  # a block is as sure as its least sure voxel
     csp = sp * factor
     seeds = np.zeros(coarse_mask.shape, dtype=np.uint8)
     depth = _distance(coarse_mask, csp)
@@ -238,22 +238,14 @@ def _slices(lo: np.ndarray, hi: np.ndarray) -> tuple[slice, ...]:
     return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
 
 
-def _block_mean(array: np.ndarray, factor: np.ndarray) -> np.ndarray:
-    """Mean over blocks of ``factor`` voxels (the last blocks along an axis may be partial)."""
+def _block_pool(array: np.ndarray, factor: np.ndarray, pool=F.avg_pool3d) -> np.ndarray:
+    """Mean (or ``pool``, e.g. ``F.max_pool3d``) over blocks of ``factor`` voxels, as float32 (the last blocks
+    along an axis may be partial)."""
     x = torch.from_numpy(np.ascontiguousarray(array)).to(torch.float32)
     if np.all(factor == 1):
         return x.numpy()
     f = tuple(int(v) for v in factor)
-    return F.avg_pool3d(x[None, None], f, f, ceil_mode=True)[0, 0].numpy()
-
-
-def _block_max(array: np.ndarray, factor: np.ndarray) -> np.ndarray:
-    """Maximum over blocks of ``factor`` voxels (the last blocks along an axis may be partial)."""
-    if np.all(factor == 1):
-        return array
-    x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
-    f = tuple(int(v) for v in factor)
-    return F.max_pool3d(x[None, None], f, f, ceil_mode=True)[0, 0].numpy()
+    return pool(x[None, None], f, f, ceil_mode=True)[0, 0].numpy()
 
 
 def _upsample(array: np.ndarray, factor: np.ndarray) -> np.ndarray:
