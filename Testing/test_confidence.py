@@ -28,6 +28,7 @@ from pesf.train.confidence import (
     calibrate_threshold,
     filter_pseudo_labels,
     fit_confidence_module,
+    fit_dice_map,
     make_confidence_examples,
     train_confidence_module,
 )
@@ -212,9 +213,11 @@ def test_train_confidence_module_end_to_end(tiny: Sam3D, ct_volume: Volume, ct_l
     assert [c for c in calls if c[2] == "confidence module"] == [
         (e, 3, "confidence module") for e in (1, 2, 3)
     ]
-    assert metrics["n_train_pairs"] == 2 and metrics["n_val_pairs"] == 1
-    assert metrics["n_train_examples"] == 8 and metrics["n_val_examples"] == 4
-    for key in ("val_loss", "val_loss_untrained", "val_mae", "val_spearman", "threshold", "dice_std"):
+    # three usable pairs: one for the network, one to validate, one to fit the Dice map
+    assert metrics["n_train_pairs"] == 1 and metrics["n_val_pairs"] == 1 and metrics["n_map_pairs"] == 1
+    assert metrics["n_train_examples"] == 4 and metrics["n_val_examples"] == 4
+    assert metrics["n_calibration_examples"] == 4 and module.dice_map is not None
+    for key in ("val_loss", "val_loss_untrained", "val_mae", "val_mae_unmapped", "val_spearman", "threshold"):
         assert key in metrics
     assert metrics["config"] == SMALL.to_dict()
 
@@ -318,6 +321,87 @@ def test_checkpoint_round_trip_with_module(tmp_path: Path, one_line_error) -> No
     with pytest.raises(PesfError) as excinfo:
         load_model(tmp_path / "damaged.pt")
     one_line_error(excinfo, "damaged confidence module")
+
+
+def test_fit_dice_map_is_the_isotonic_fit() -> None:
+    pred = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+    true = np.array([0.3, 0.5, 0.4, 0.7, 0.9, 0.8])  # two violations: (0.5, 0.4) and (0.9, 0.8) pool
+    knots, values = fit_dice_map(pred, true)
+    # one knot per pooled block, anchored at (0, 0) and (1, 1)
+    assert knots == pytest.approx([0.0, 0.1, 0.25, 0.4, 0.55, 1.0])
+    assert values == pytest.approx([0.0, 0.3, 0.45, 0.7, 0.85, 1.0])
+    # equal predictions share one knot
+    knots, values = fit_dice_map(np.array([0.5, 0.5, 0.2]), np.array([0.9, 0.7, 0.1]))
+    assert knots == pytest.approx([0.0, 0.2, 0.5, 1.0]) and values == pytest.approx([0.0, 0.1, 0.8, 1.0])
+    # a score that falls as the Dice rises pools into one block: the map says "the mean" there
+    knots, values = fit_dice_map(np.array([0.2, 0.4]), np.array([0.9, 0.1]))
+    assert knots == pytest.approx([0.0, 0.3, 1.0]) and values == pytest.approx([0.0, 0.5, 1.0])
+    # the map keeps every score's rank, so a threshold can still split any two masks
+    module = random_module(96, seed=3)
+    module.set_dice_map(*fit_dice_map(pred, true))
+    mapped = module.map_dice(torch.tensor([0.0, 0.05, 0.6, 0.61, 0.99, 1.0]))
+    assert bool((mapped.diff() > 0).all())
+    with pytest.raises(ValueError):
+        fit_dice_map(np.array([]), np.array([]))
+    with pytest.raises(ValueError):
+        fit_dice_map(np.array([0.2, np.nan]), np.array([0.1, 0.2]))
+
+
+def test_dice_map_maps_scores_and_keeps_their_order() -> None:
+    module = random_module(96, seed=3)
+    raw = torch.tensor([0.0, 0.1, 0.25, 0.4, 0.7, 1.0])
+    assert torch.equal(module.map_dice(raw), raw)  # no map: the network's own score
+    module.set_dice_map([0.1, 0.4], [0.5, 0.8])
+    mapped = module.map_dice(raw)
+    assert mapped.tolist() == pytest.approx([0.5, 0.5, 0.65, 0.8, 0.8, 0.8])  # flat beyond the knots
+    assert bool((mapped.diff() >= 0).all())
+    module.set_dice_map([0.3], [0.6])
+    assert module.map_dice(raw).tolist() == pytest.approx([0.6] * 6)
+    for knots, values in (
+        ([0.4, 0.1], [0.5, 0.8]),
+        ([0.1, 0.4], [0.8, 0.5]),
+        ([0.1], [1.2]),
+        ([0.1, 0.2], [0.5]),
+    ):
+        with pytest.raises(ValueError):
+            module.set_dice_map(knots, values)
+    module.set_dice_map(None)
+    assert module.dice_map is None
+
+
+def test_the_dice_map_travels_in_the_checkpoint(tmp_path: Path, one_line_error) -> None:
+    model = build_model("tiny", seed=0)
+    module = random_module(96, seed=3)
+    unmapped = probe_module(module)
+    module.set_dice_map([0.0, 0.5, 1.0], [0.2, 0.6, 0.9])
+    attach_confidence_module(model, module, {"threshold": 0.7})
+    path = save_checkpoint(model, tmp_path / "model.pt")
+    raw = read_checkpoint(path)
+    assert raw["metadata"]["confidence"]["dice_map"] == {
+        "knots": [0.0, 0.5, 1.0],
+        "values": pytest.approx([0.2, 0.6, 0.9]),
+    }
+    loaded = load_model(path)
+    scores = probe(loaded)
+    assert torch.allclose(scores, loaded.confidence_module.map_dice(unmapped)) and not torch.allclose(
+        scores, unmapped
+    )
+    again = load_model(save_checkpoint(loaded, tmp_path / "again.pt"))
+    assert torch.equal(probe(again), scores)
+
+    raw["metadata"]["confidence"]["dice_map"] = {"knots": [0.5, 0.1], "values": [0.2, 0.3]}
+    torch.save(raw, tmp_path / "damaged.pt")
+    with pytest.raises(PesfError) as excinfo:
+        load_model(tmp_path / "damaged.pt")
+    one_line_error(excinfo, "damaged confidence module")
+
+
+def probe_module(module: ConfidenceModule) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(5)
+    emb = torch.randn(2, 96, 8, 8, 8, generator=gen)
+    logits = 5 * torch.randn(2, 1, 32, 32, 32, generator=gen)
+    with torch.no_grad():
+        return module(emb, logits)
 
 
 def test_session_reports_the_module_score(ct_volume: Volume, ct_labels: Volume, tmp_path: Path) -> None:

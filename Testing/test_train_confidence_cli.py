@@ -36,6 +36,8 @@ def test_train_confidence_writes_model_with_module(tmp_path, workspace, samples,
     base = tmp_path / "tiny.pt"
     save_checkpoint(build_model("tiny", seed=0), base)
     out = tmp_path / "with_conf.pt"
+    aug = tmp_path / "aug.json"
+    aug.write_text('{"remap_prob": 0.5}', encoding="utf-8")
     code = main(
         [
             "--threads",
@@ -49,7 +51,9 @@ def test_train_confidence_writes_model_with_module(tmp_path, workspace, samples,
             "--epochs",
             "2",
             "--regions-per-organ",
-            "1",
+            "2",
+            "--augmentation",
+            str(aug),
         ]
     )
     printed = capsys.readouterr().out
@@ -59,6 +63,8 @@ def test_train_confidence_writes_model_with_module(tmp_path, workspace, samples,
     assert info["has_confidence_module"]
     threshold = model.metadata["confidence"]["threshold"]
     assert 0.0 <= threshold <= 1.0
+    trained_on = model.metadata["confidence"]["trained_on"]
+    assert trained_on["regions"] == 4 and trained_on["augmentation"]["remap_prob"] == 0.5
     session = InteractiveSession(model, read_volume(samples.ct_image), SessionConfig(confidence_runs=0))
     result = session.add_click("liver", np.array([60.0, 50.0, 15.0]))
     assert result.confidence_source == "confidence-module" and 0.0 <= result.confidence <= 1.0
@@ -72,3 +78,37 @@ def test_train_confidence_needs_accepted_organs(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("pesf: error:") and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "m.pt").exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"remap_prob": 0.5, "sharpen": 1}', "unknown augmentation setting(s) sharpen"),
+        ('{"remap_prob": ', "is not valid JSON"),
+        ("[0.5]", "must hold a JSON object"),
+        (None, "not found"),
+    ],
+)
+def test_train_confidence_refuses_a_bad_augmentation_file(tmp_path, workspace, capsys, text, message):
+    aug = tmp_path / "aug.json"
+    if text is not None:
+        aug.write_text(text, encoding="utf-8")
+    out = tmp_path / "m.pt"
+    code = main(["train-confidence", str(workspace), "--out", str(out), "--augmentation", str(aug)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("pesf: error:") and len(err.strip().splitlines()) == 1
+    assert message in err and str(aug) in err
+    assert not out.exists()
+
+
+def test_train_confidence_augmentation_file_sets_the_augmented_regions(tmp_path):
+    from pesf.commands.confidence import _augmentation
+
+    aug = tmp_path / "aug.json"
+    aug.write_text('{"remap_prob": 0.5, "coverage_range": [3, 40]}', encoding="utf-8")
+    config, overrides = _augmentation(str(aug), {"click_center_prob": 0.5})
+    assert config.remap_prob == 0.5 and config.coverage_range == (3, 40) and config.click_center_prob == 0.5
+    assert config.elastic_prob == type(config)().elastic_prob  # the rest keeps the training defaults
+    assert overrides == {"click_center_prob": 0.5, "remap_prob": 0.5, "coverage_range": [3, 40]}
+    default, none = _augmentation(None, {"click_center_prob": 0.5})
+    assert default.remap_prob == 0.0 and none == {"click_center_prob": 0.5}

@@ -164,6 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="regions cut around each organ (the first centred on a first click as inference does, the others augmented) (default: %(default)s)",
     )
     p.add_argument(
+        "--augmentation",
+        metavar="FILE.json",
+        help="augmentation settings of the augmented regions, as a JSON object with the keys of a training "
+        'config\'s "augmentation" (default: the training defaults)',
+    )
+    p.add_argument(
         "--target-dice",
         type=float,
         default=0.8,

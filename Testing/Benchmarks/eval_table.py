@@ -186,6 +186,8 @@ def build_table(reports: dict[tuple[str, str], dict]) -> dict[str, Any]:
     return {
         "rows": rows,
         "spearman": {"rho": None if math.isnan(rho) else rho, "p": None if math.isnan(p) else p},
+        "confidence_mae": float(np.mean(np.abs(np.subtract(confidences, dices)))) if confidences else None,
+        "dice_mae_constant": float(np.mean(np.abs(np.subtract(dices, np.mean(dices))))) if dices else None,
         "entries": len(confidences),
         "latency_s": {k: float(np.mean(v)) if v else None for k, v in latency.items()},
     }
@@ -229,6 +231,12 @@ def to_markdown(table: dict[str, Any], model: dict[str, Any]) -> str:
         "Confidence vs true Dice, Spearman rank correlation over "
         f"{table['entries']} (organ, click) entries: "
         + ("n/a (constant values)" if rho is None else f"rho = {rho:.3f} (p = {p:.2g})")
+        + (
+            ""
+            if table.get("confidence_mae") is None
+            else f"; mean absolute error {table['confidence_mae']:.3f} (the entries' own mean Dice as a "
+            f"constant guess: {table['dice_mae_constant']:.3f})"
+        )
         + ".",
         "Mean latency per click: ours "
         + ("-" if lat["pesf"] is None else f"{lat['pesf']:.3f} s")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from pesf.cli import register
 from pesf.commands.common import check_output_path
@@ -27,6 +28,10 @@ def run_train_confidence(args: argparse.Namespace) -> int:
     out = check_output_path(args.out, "model")
     if args.regions_per_organ < 1:
         raise PesfError(f"--regions-per-organ must be at least 1, got {args.regions_per_organ}")
+    # regions as inference makes them: the first centred on a first click, the others augmented and
+    # centred on one half of the time
+    plain = dataclasses.replace(AugmentConfig.none(), click_center_prob=1.0)
+    augmented, overrides = _augmentation(args.augmentation, {"click_center_prob": 0.5})
     store = CaseStore(args.workspace)
     samples = store.samples(("accepted",))
     if not samples:
@@ -35,10 +40,6 @@ def run_train_confidence(args: argparse.Namespace) -> int:
         )
     model = load_model(args.model)
     rng = np.random.default_rng(args.seed)
-    # regions as inference makes them: the first centred on a first click, the others augmented and
-    # centred on one half of the time
-    plain = dataclasses.replace(AugmentConfig.none(), click_center_prob=1.0)
-    augmented = dataclasses.replace(AugmentConfig(), click_center_prob=0.5)
     pairs = []
     for case_id, record in tqdm(samples, desc="regions", unit="organ", disable=None):
         data = store.load_case(case_id)
@@ -76,16 +77,42 @@ def run_train_confidence(args: argparse.Namespace) -> int:
             "target_dice": args.target_dice,
             "val_spearman": metrics.get("val_spearman"),
             "val_mae": metrics.get("val_mae"),
-            "trained_on": {"workspace": str(args.workspace), "organs": len(samples), "regions": len(pairs)},
+            "val_mae_unmapped": metrics.get("val_mae_unmapped"),
+            "val_mae_constant": metrics.get("val_mae_constant"),
+            "trained_on": {
+                "workspace": str(args.workspace),
+                "organs": len(samples),
+                "regions": len(pairs),
+                "augmentation": overrides,
+            },
         },
     )
     metadata = dict(model.metadata or {})
     metadata["source"] = f"{info.get('source')}; confidence module trained on {len(pairs)} regions"
     save_checkpoint(model, out, metadata=metadata)
     spearman = metrics.get("val_spearman")
+    unmapped = metrics.get("val_mae_unmapped")
     print(
-        f"confidence module: validation MAE {metrics['val_mae']:.3f} (constant guess {metrics['val_mae_constant']:.3f}), "
-        f"Spearman {'n/a' if spearman is None else f'{spearman:.2f}'}, threshold {metrics['threshold']:.2f}"
+        f"confidence module: validation MAE {metrics['val_mae']:.3f} (constant guess {metrics['val_mae_constant']:.3f}"
+        + ("" if unmapped is None else f", network without its Dice map {unmapped:.3f}")
+        + f"), Spearman {'n/a' if spearman is None else f'{spearman:.2f}'}, threshold {metrics['threshold']:.2f}"
     )
     print(f"wrote {out}")
     return 0
+
+
+def _augmentation(path: str | None, base: dict) -> tuple[Any, dict]:
+    """The augmented regions' settings: the training defaults with ``base`` and then the fields of the JSON
+    object in ``path`` (if given) replaced; and those replaced fields."""
+    from pesf.errors import PesfError
+    from pesf.train.config import read_settings_file
+    from pesf.train.samples import AugmentConfig
+
+    if not path:
+        return AugmentConfig.from_overrides(base), dict(base)
+    overrides = read_settings_file(path, "augmentation file")
+    try:
+        merged = {**base, **overrides}
+        return AugmentConfig.from_overrides(merged), merged
+    except ValueError as exc:
+        raise PesfError(f"augmentation file {path}: {exc}") from None

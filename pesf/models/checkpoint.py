@@ -205,16 +205,18 @@ def _model_from_payload(obj: dict[str, Any], path: Path) -> Sam3D:
     model.metadata = metadata
     model.confidence_state_dict = confidence
     if confidence is not None and confidence_config is not None:
-        model.confidence_module = _confidence_module(confidence_config, confidence, path)
+        info = metadata.get("confidence") if isinstance(metadata, dict) else None
+        dice_map = info.get("dice_map") if isinstance(info, dict) else None
+        model.confidence_module = _confidence_module(confidence_config, confidence, path, dice_map)
     return model
 
 
-def _confidence_module(config: Any, state: Any, path: Path) -> torch.nn.Module:
-    """Rebuild the PESF confidence module carried by a checkpoint."""
+def _confidence_module(config: Any, state: Any, path: Path, dice_map: Any = None) -> torch.nn.Module:
+    """Rebuild the PESF confidence module carried by a checkpoint (with its Dice map, if any)."""
     if not isinstance(config, dict) or not isinstance(state, dict) or not _is_state_dict(state):
         raise PesfError(f"{path} has a damaged confidence module (config or weights missing)")
     try:
-        return confidence_module_from_state(config, state)
+        return confidence_module_from_state(config, state, dice_map)
     except (TypeError, ValueError) as exc:
         raise PesfError(f"{path} has a damaged confidence module: {_one_line(exc)}") from None
 

@@ -9,7 +9,12 @@ prediction module* maps them to the expected Dice of that mask. Here:
   (foreground vs background features, their difference and cosine similarity); mask statistics (volume,
   sharpness, uncertain band, entropy, mass on the region border, surface-to-volume ratio, mean logit);
 * prediction: two 3D convolutions over ``concat(projected embedding, mask maps)``, global average and max
-  pooling, then an MLP with a sigmoid.
+  pooling, then an MLP with a sigmoid;
+* an optional *Dice map* (:meth:`ConfidenceModule.set_dice_map`): a non-decreasing piecewise-linear map from
+  the network's output to the Dice it stands for, fitted on masks held back from the network's fitting
+  (:func:`pesf.train.confidence.fit_dice_map`). The network is fitted on masks of the organs and regions it
+  learns from and reads lower on others; the map turns its score back into a Dice without changing the
+  order of masks.
 
 The module rides along with a :class:`~pesf.models.sam3d.Sam3D` (:func:`attach_confidence_module`); its weights
 travel in the checkpoint and :func:`~pesf.models.checkpoint.load_model` rebuilds it
@@ -170,8 +175,43 @@ class ConfidenceModule(nn.Module):
             nn.Linear(n_features, config.hidden), nn.GELU(), nn.Linear(config.hidden, 1)
         )
 
+    dice_map: tuple[Tensor, Tensor] | None = None
+
+    def set_dice_map(self, knots: Sequence[float] | None, values: Sequence[float] | None = None) -> None:
+        """Map the network's output through the piecewise-linear curve ``knots -> values`` (``None``: no map).
+
+        Outside the knots the end values hold. Raises ``ValueError`` unless both are equally long
+        (at least one), finite, in ``[0, 1]``, with ``knots`` increasing and ``values`` non-decreasing.
+        """
+        if knots is None:
+            self.dice_map = None
+            return
+        x = torch.as_tensor(list(knots), dtype=torch.float64)
+        y = torch.as_tensor(list(values if values is not None else []), dtype=torch.float64)
+        ok = x.ndim == 1 and x.shape == y.shape and x.numel() >= 1
+        ok = ok and bool(torch.isfinite(x).all() and torch.isfinite(y).all())
+        ok = ok and bool(((x >= 0) & (x <= 1) & (y >= 0) & (y <= 1)).all())
+        ok = ok and bool((x.diff() > 0).all() and (y.diff() >= 0).all())
+        if not ok:
+            raise ValueError(
+                "a Dice map needs equally long knots (increasing) and values (non-decreasing), all in [0, 1]"
+            )
+        self.dice_map = (x.float(), y.float())
+
+    def map_dice(self, raw: Tensor) -> Tensor:
+        """The network's output ``raw`` through the Dice map (unchanged without one)."""
+        if self.dice_map is None:
+            return raw
+        x, y = (t.to(raw.device, raw.dtype) for t in self.dice_map)
+        if x.numel() == 1:
+            return y.expand_as(raw).clone()
+        i = torch.searchsorted(x, raw.contiguous()).clamp(1, x.numel() - 1)
+        x0, x1, y0, y1 = x[i - 1], x[i], y[i - 1], y[i]
+        t = ((raw - x0) / (x1 - x0)).clamp(0, 1)
+        return y0 + t * (y1 - y0)
+
     def forward(self, embedding: Tensor, low_res_logits: Tensor) -> Tensor:
-        """Predicted Dice in ``[0, 1]``.
+        """Predicted Dice in ``[0, 1]`` (through the Dice map when there is one).
 
         Args:
             embedding: image embedding ``(B, C, g, g, g)`` (or ``(1, C, g, g, g)`` shared by all masks).
@@ -184,8 +224,9 @@ class ConfidenceModule(nn.Module):
         logits = low_res_logits.to(weight.device, weight.dtype)
         return self.predict(embedding, mask_features(logits, embedding.shape[-3:]))
 
-    def predict(self, embedding: Tensor, masks: MaskFeatures) -> Tensor:
-        """:meth:`forward` on precomputed :func:`mask_features` (training computes them once per mask)."""
+    def predict(self, embedding: Tensor, masks: MaskFeatures, raw: bool = False) -> Tensor:
+        """:meth:`forward` on precomputed :func:`mask_features` (training computes them once per mask);
+        ``raw`` skips the Dice map (the network's own output, which training fits)."""
         weight = self.embed_proj[0].weight
         emb = embedding.to(weight.device, weight.dtype)
         masks = masks.to(weight.device, weight.dtype)
@@ -204,7 +245,8 @@ class ConfidenceModule(nn.Module):
         bg = (feat * (1 - p8)).sum(dims) / ((1 - p8).sum(dims) + _EPS)
         cosine = F.cosine_similarity(fg, bg, dim=1, eps=_EPS)[:, None]
         features = [fused.mean(dims), fused.amax(dims), fg, bg, (fg - bg).abs(), cosine, masks.stats]
-        return torch.sigmoid(self.head(torch.cat(features, dim=1))).squeeze(1)
+        out = torch.sigmoid(self.head(torch.cat(features, dim=1))).squeeze(1)
+        return out if raw else self.map_dice(out)
 
 
 # --------------------------------------------------------------------------- attaching to the model
@@ -225,11 +267,18 @@ def attach_confidence_module(
     model.confidence_module = module
     model.confidence_state_dict = module.state_dict()
     info = {**dict(metadata or {}), "config": module.config.to_dict()}
+    info.pop("dice_map", None)
+    if module.dice_map is not None:
+        info["dice_map"] = {"knots": module.dice_map[0].tolist(), "values": module.dice_map[1].tolist()}
     model.metadata = {**getattr(model, "metadata", {}), "confidence": info}
 
 
-def confidence_module_from_state(config: dict[str, Any], state: dict[str, Tensor]) -> ConfidenceModule:
-    """Rebuild a module from a checkpoint's ``confidence_config`` and ``confidence_state_dict`` (strict).
+def confidence_module_from_state(
+    config: dict[str, Any], state: dict[str, Tensor], dice_map: dict[str, Any] | None = None
+) -> ConfidenceModule:
+    """Rebuild a module from a checkpoint's ``confidence_config`` and ``confidence_state_dict`` (strict), with
+    its Dice map (``{"knots": [...], "values": [...]}``, as :func:`attach_confidence_module` stores it in the
+    model's metadata) when it has one.
 
     Raises:
         ValueError: a config or state dict that does not fit.
@@ -239,4 +288,8 @@ def confidence_module_from_state(config: dict[str, Any], state: dict[str, Tensor
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise ValueError(" ".join(str(exc).split())[:200]) from None
+    if dice_map is not None:
+        if not isinstance(dice_map, dict):
+            raise ValueError("its Dice map is not an object of knots and values")
+        module.set_dice_map(dice_map.get("knots"), dice_map.get("values"))
     return module.eval()

@@ -4,7 +4,9 @@ The module (:class:`~pesf.models.confidence.ConfidenceModule`, in :mod:`pesf.mod
 Dice of a mask. It is fitted with MSE on Dice plus a pairwise ranking loss on examples made by the SAM model
 itself (:mod:`pesf.train.confidence_examples`); on held-out pairs its MAE, Spearman correlation and a
 calibration table are measured, and the default filtering threshold is calibrated there
-(:func:`calibrate_threshold`). :func:`filter_pseudo_labels` then splits pseudo-labels by their confidence.
+(:func:`calibrate_threshold`). Another share of pairs, held back from the network too, fits its Dice map
+(:func:`fit_dice_map`): the network reads lower on organs and regions it was not fitted on, and the map
+turns its score into the Dice it stands for there. :func:`filter_pseudo_labels` then splits pseudo-labels by their confidence.
 
 The network and example names are re-exported here, so ``from pesf.train.confidence import ...`` finds them.
 
@@ -56,6 +58,7 @@ __all__ = [
     "evaluate_confidence",
     "filter_pseudo_labels",
     "fit_confidence_module",
+    "fit_dice_map",
     "make_confidence_examples",
     "mask_features",
     "mask_statistics",
@@ -79,7 +82,9 @@ def _rank_loss(pred: Tensor, dice: Tensor, margin: float = 0.02, min_gap: float 
 
 
 @torch.no_grad()
-def _predict(module: ConfidenceModule, examples: ConfidenceExamples, batch_size: int = 64) -> Tensor:
+def _predict(
+    module: ConfidenceModule, examples: ConfidenceExamples, batch_size: int = 64, raw: bool = False
+) -> Tensor:
     module.eval()
     device = module.embed_proj[0].weight.device
     features = examples.mask_features()
@@ -87,7 +92,7 @@ def _predict(module: ConfidenceModule, examples: ConfidenceExamples, batch_size:
     for start in range(0, len(examples), batch_size):
         rows = slice(start, start + batch_size)
         emb = examples.embeddings[examples.index[rows]].to(device)
-        out.append(module.predict(emb, features.rows(rows)).float().cpu())
+        out.append(module.predict(emb, features.rows(rows), raw=raw).float().cpu())
     return torch.cat(out) if out else torch.zeros(0)
 
 
@@ -112,6 +117,58 @@ def calibration_table(
             }
         )
     return table
+
+
+def _paired_scores(predicted: np.ndarray, true_dice: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted and true Dice as flat float64 arrays; ``ValueError`` unless equally long, non-empty, finite."""
+    pred = np.asarray(predicted, dtype=np.float64).reshape(-1)
+    true = np.asarray(true_dice, dtype=np.float64).reshape(-1)
+    if pred.size == 0 or pred.shape != true.shape:
+        raise ValueError(f"need equally long non-empty arrays, got {pred.shape} and {true.shape}")
+    if not (np.all(np.isfinite(pred)) and np.all(np.isfinite(true))):
+        raise ValueError("predicted and true Dice must be finite")
+    return pred, true
+
+
+def fit_dice_map(predicted: np.ndarray, true_dice: np.ndarray) -> tuple[list[float], list[float]]:
+    """The non-decreasing map from predicted to true Dice that fits ``true_dice`` best in squared error
+    (isotonic regression, pool-adjacent-violators), as knots for :meth:`ConfidenceModule.set_dice_map`.
+
+    Each pooled block of masks becomes one knot: its mean prediction and its mean true Dice; the map is
+    anchored at ``(0, 0)`` and ``(1, 1)`` beyond them, so it rises everywhere and keeps every score's rank.
+
+    Raises:
+        ValueError: empty, mismatched or non-finite inputs.
+    """
+    pred, true = _paired_scores(predicted, true_dice)
+    order = np.argsort(pred, kind="stable")
+    pred, true = pred[order], true[order]
+    # equal predictions first form one block each (a map cannot send one value to two)
+    starts = np.flatnonzero(np.r_[True, pred[1:] != pred[:-1]])
+    weight = list(np.diff(np.r_[starts, pred.size]).astype(np.float64))
+    xs = list(np.add.reduceat(pred, starts) / weight)
+    ys = list(np.add.reduceat(true, starts) / weight)
+    bx: list[float] = []
+    by: list[float] = []
+    bw: list[float] = []
+    for x, y, w in zip(xs, ys, weight, strict=True):
+        bx.append(x)
+        by.append(y)
+        bw.append(w)
+        while len(by) > 1 and by[-2] >= by[-1]:  # pool violators (and ties: knots must differ in value order)
+            w2 = bw[-2] + bw[-1]
+            bx[-2:] = [(bx[-2] * bw[-2] + bx[-1] * bw[-1]) / w2]
+            by[-2:] = [(by[-2] * bw[-2] + by[-1] * bw[-1]) / w2]
+            bw[-2:] = [w2]
+    # anchored at (0, 0) and (1, 1) beyond the blocks, so the map rises everywhere and keeps every score's
+    # rank (a flat end would tie the most and the least trusted masks, and no threshold could split them)
+    knots = [float(np.clip(x, 0.0, 1.0)) for x in bx]
+    values = [float(np.clip(y, 0.0, 1.0)) for y in by]
+    if knots[0] > 0.0:
+        knots, values = [0.0, *knots], [0.0, *values]
+    if knots[-1] < 1.0:
+        knots, values = [*knots, 1.0], [*values, 1.0]
+    return knots, values
 
 
 def evaluate_confidence(
@@ -141,6 +198,7 @@ def fit_confidence_module(
     train: ConfidenceExamples,
     val: ConfidenceExamples | None = None,
     *,
+    calibrate: ConfidenceExamples | None = None,
     config: ConfidenceConfig | None = None,
     epochs: int = 30,
     lr: float = 1e-3,
@@ -153,10 +211,14 @@ def fit_confidence_module(
 ) -> tuple[ConfidenceModule, dict[str, Any]]:
     """Fit a fresh module on examples with MSE on Dice plus ``rank_weight`` times a pairwise ranking loss.
 
+    With ``calibrate`` (masks of pairs held back from both ``train`` and ``val``), the module then gets the
+    Dice map fitted there (:func:`fit_dice_map`), and ``val`` measures the mapped scores.
+
     Returns:
         The module (eval mode) and plain metrics: ``train_loss`` (last epoch), and with ``val``:
         ``val_loss`` and ``val_loss_untrained`` (MSE after and before training), ``val_mae``,
-        ``val_mae_constant`` (predicting the training mean), ``val_spearman``, ``calibration``, ``threshold``.
+        ``val_mae_constant`` (predicting the training mean), ``val_spearman``, ``calibration``, ``threshold``;
+        with ``calibrate`` also ``dice_map_knots`` and ``val_mae_unmapped`` (the network's own scores).
     """
     if len(train) == 0:
         raise ValueError("no training examples for the confidence module")
@@ -191,6 +253,12 @@ def fit_confidence_module(
             progress(epoch, epochs, f"confidence module: epoch {epoch} loss {loss_sum / len(train):.4f}")
     module.eval()
     metrics["train_loss"] = loss_sum / len(train)
+    if calibrate is not None and len(calibrate):
+        knots, values = fit_dice_map(_predict(module, calibrate, raw=True).numpy(), calibrate.dice.numpy())
+        module.set_dice_map(knots, values)
+        metrics.update(n_calibration_examples=len(calibrate), dice_map_knots=len(knots))
+        if val is not None and len(val):
+            metrics["val_mae_unmapped"] = float((_predict(module, val, raw=True) - val.dice).abs().mean())
     if val is not None and len(val):
         result = evaluate_confidence(module, val, target_dice)
         constant = float(train.dice.mean())
@@ -224,6 +292,7 @@ def train_confidence_module(
     seed: int = 0,
     progress: ProgressCallback | None = None,
     val_fraction: float = 0.2,
+    map_fraction: float = 0.15,
     config: ConfidenceConfig | None = None,
     clicks_per_example: Sequence[int] = (1, 2, 3, 5),
     perturb: PerturbSettings | None = None,
@@ -239,25 +308,30 @@ def train_confidence_module(
         epochs, lr, seed: training of the module; ``seed`` also drives the example simulation and split.
         progress: ``progress(done, total, message)`` for the example pairs, then for the epochs.
         val_fraction: share of pairs (at least one when there are two or more) held back for validation.
+        map_fraction: share of pairs (at least one when there are three or more) held back from the network
+            to fit its Dice map (:func:`fit_dice_map`); 0 fits no map.
         config: module sizes; by default width 32 over the model's embedding width.
 
     Returns:
         ``(module, metrics)``: see :func:`fit_confidence_module`, plus ``n_train_pairs``, ``n_val_pairs``,
-        ``dice_mean`` and ``dice_std`` of all examples.
+        ``n_map_pairs``, ``dice_mean`` and ``dice_std`` of all examples.
     """
     rng = np.random.default_rng(seed)
     examples = make_confidence_examples(model, pairs, rng, clicks_per_example, perturb, progress)
     n = examples.n_pairs
     n_val = min(n - 1, max(1, round(val_fraction * n))) if val_fraction > 0 and n >= 2 else 0
+    n_map = min(n - n_val - 1, max(1, round(map_fraction * n))) if map_fraction > 0 and n >= 3 else 0
     order = rng.permutation(n).tolist()
     val = examples.select(sorted(order[:n_val])) if n_val else None
-    train = examples.select(sorted(order[n_val:]))
+    held = examples.select(sorted(order[n_val : n_val + n_map])) if n_map else None
+    train = examples.select(sorted(order[n_val + n_map :]))
     if config is None and hasattr(model, "config"):
         config = ConfidenceConfig(embed_dim=int(model.config.prompt_embed_dim))
     device = next(model.parameters()).device
     module, metrics = fit_confidence_module(
         train,
         val,
+        calibrate=held,
         config=config,
         epochs=epochs,
         lr=lr,
@@ -269,8 +343,9 @@ def train_confidence_module(
         progress=progress,
     )
     metrics.update(
-        n_train_pairs=n - n_val,
+        n_train_pairs=n - n_val - n_map,
         n_val_pairs=n_val,
+        n_map_pairs=n_map,
         dice_mean=float(examples.dice.mean()),
         dice_std=float(examples.dice.std()) if len(examples) > 1 else 0.0,
     )
@@ -297,12 +372,7 @@ def calibrate_threshold(predicted: np.ndarray, true_dice: np.ndarray, target_dic
     Raises:
         ValueError: empty, mismatched or non-finite inputs.
     """
-    pred = np.asarray(predicted, dtype=np.float64).reshape(-1)
-    true = np.asarray(true_dice, dtype=np.float64).reshape(-1)
-    if pred.size == 0 or pred.shape != true.shape:
-        raise ValueError(f"need equally long non-empty arrays, got {pred.shape} and {true.shape}")
-    if not (np.all(np.isfinite(pred)) and np.all(np.isfinite(true))):
-        raise ValueError("predicted and true Dice must be finite")
+    pred, true = _paired_scores(predicted, true_dice)
     order = np.argsort(-pred, kind="stable")
     pred_sorted, true_sorted = pred[order], true[order]
     kept_mean = np.cumsum(true_sorted) / np.arange(1, pred.size + 1)

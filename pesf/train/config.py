@@ -254,6 +254,28 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def read_settings_file(path: str | Path, what: str) -> dict[str, Any]:
+    """The JSON object of settings in ``path``; ``what`` names the file in errors ("training config").
+
+    Raises:
+        PesfError: a missing or unreadable file, invalid JSON, or JSON that is not an object.
+    """
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise PesfError(f"{what} {file} not found")
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PesfError(f"cannot read {what} {file}: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise PesfError(
+            f"{what} {file} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
+        ) from None
+    if not isinstance(data, dict):
+        raise PesfError(f"{what} {file} must hold a JSON object of settings")
+    return data
+
+
 def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) -> TrainConfig:
     """Settings from a JSON file (or the defaults), with some values overridden.
 
@@ -267,20 +289,8 @@ def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) ->
     data: dict[str, Any] = {}
     source = "the training settings"
     if path is not None:
-        file = Path(path).expanduser()
-        source = str(file)
-        if not file.is_file():
-            raise PesfError(f"training config {file} not found")
-        try:
-            data = json.loads(file.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError) as exc:
-            raise PesfError(f"cannot read training config {file}: {exc}") from None
-        except json.JSONDecodeError as exc:
-            raise PesfError(
-                f"training config {file} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
-            ) from None
-        if not isinstance(data, dict):
-            raise PesfError(f"training config {file} must hold a JSON object of settings")
+        source = str(Path(path).expanduser())
+        data = read_settings_file(path, "training config")
     data.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig.from_dict(data, source)
 
