@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -190,6 +191,9 @@ def test_info_describes_default_and_checkpoint(tiny_model, capsys):
     code, stdout, _ = _run(["info"], capsys)
     assert code == 0
     assert "untrained" in stdout or "trained" in stdout
+    # the bundled model's confidence module on a line of its own, its Dice map counted, not listed
+    line = next(x for x in stdout.splitlines() if x.startswith("confidence "))
+    assert "threshold=0." in line and re.search(r"dice_map=\d+ knots", line) and "knots=[" not in stdout
     code, stdout, _ = _run(["info", "--model", tiny_model, "--json"], capsys)
     info = json.loads(stdout)
     assert info["name"] == "tiny" and info["parameters"]["total"] > 0
