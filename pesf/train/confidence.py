@@ -6,7 +6,8 @@ itself (:mod:`pesf.train.confidence_examples`); on held-out pairs its MAE, Spear
 calibration table are measured, and the default filtering threshold is calibrated there
 (:func:`calibrate_threshold`). Another share of pairs, held back from the network too, fits its Dice map
 (:func:`fit_dice_map`): the network reads lower on organs and regions it was not fitted on, and the map
-turns its score into the Dice it stands for there. :func:`filter_pseudo_labels` then splits pseudo-labels by their confidence.
+turns its score into the Dice it stands for there. :func:`filter_pseudo_labels` then splits pseudo-labels by
+their confidence.
 
 The network and example names are re-exported here, so ``from pesf.train.confidence import ...`` finds them.
 
