@@ -1,0 +1,184 @@
+"""The structures the session's refinement was tuned on, scored with and without it, and with Grow from seeds.
+
+    python Testing/Benchmarks/refine_dev.py [--model default] [--refine FIELD=VALUE ...] [--out dev.json]
+
+The widths of :mod:`pesf.interactive.refine` were chosen on structures that the evaluation table
+(``eval_table.py``) does not score, so that the table stays an honest measure. This benchmark reruns that
+comparison on the repository's sample data (5 simulated clicks per structure, seed 0; mean Dice after clicks
+1, 3 and 5):
+
+* ``A``: ten structures of the sample CT (kidney_right, urinary_bladder, duodenum, iliopsoas_right,
+  femur_right, vertebrae_L1, gluteus_medius_left, adrenal_gland_right, colon, small_bowel);
+* ``A thin``: five thin ones of it (portal vein, iliac artery and vein, spinal cord, a rib);
+* ``MR``: nine structures of the sample MR that the table does not score (gallbladder, pancreas, colon,
+  vertebrae, aorta, inferior vena cava, autochthon, duodenum, spinal cord).
+
+Each row is one way of segmenting: ``model`` (the model alone, ``refine=None``), ``refine`` (the session as
+users get it) and ``growcut`` (Slicer's Grow from seeds with the same clicks). ``--refine FIELD=VALUE`` (any
+field of :class:`~pesf.interactive.refine.RefineConfig`, repeatable) adds a row with those widths changed, to
+try a variant against the default on the same clicks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+CLICKS = (1, 3, 5)
+SEED = 0
+A_IMAGE = "A_ts_ct/A_ct_full_image.nii.gz"
+A_LABEL = "A_ts_ct/A_ct_full_seg_total_fast.nii.gz"
+SETS = (
+    (
+        "A",
+        A_IMAGE,
+        A_LABEL,
+        {
+            "kidney_right": 2,
+            "urinary_bladder": 21,
+            "duodenum": 19,
+            "iliopsoas_right": 89,
+            "femur_right": 76,
+            "vertebrae_L1": 31,
+            "gluteus_medius_left": 82,
+            "adrenal_gland_right": 8,
+            "colon": 20,
+            "small_bowel": 18,
+        },
+    ),
+    (
+        "A thin",
+        A_IMAGE,
+        A_LABEL,
+        {
+            "portal_vein": 64,
+            "iliac_artery_left": 65,
+            "iliac_vena_right": 68,
+            "spinal_cord": 79,
+            "rib_left_10": 101,
+        },
+    ),
+    (
+        "MR",
+        "C_ts_mr/C_mr_image.nii.gz",
+        "C_ts_mr/C_mr_seg_total_mr.nii.gz",
+        {
+            "gallbladder": 4,
+            "pancreas": 7,
+            "colon": 15,
+            "vertebrae": 19,
+            "aorta": 23,
+            "inferior_vena_cava": 24,
+            "autochthon_left": 46,
+            "duodenum": 14,
+            "spinal_cord": 21,
+        },
+    ),
+)
+
+
+def _refine_overrides(items: list[str]) -> dict[str, float | int | bool]:
+    """``FIELD=VALUE`` strings as RefineConfig overrides (values of the field's type)."""
+    from pesf.interactive.refine import RefineConfig
+
+    known = {f.name: f for f in dataclasses.fields(RefineConfig)}
+    out: dict[str, float | int | bool] = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        if name not in known or not value:
+            raise SystemExit(
+                f"refine_dev.py: --refine wants FIELD=VALUE with a field of RefineConfig ({', '.join(known)})"
+            )
+        kind = type(getattr(RefineConfig(), name))
+        try:
+            out[name] = (value.lower() in ("1", "true", "yes")) if kind is bool else kind(value)
+        except ValueError:
+            raise SystemExit(f"refine_dev.py: --refine {item}: {value!r} is not a {kind.__name__}") from None
+    return out
+
+
+def run(model_name: str, overrides: dict) -> dict[str, dict[str, list[float]]]:
+    """``{row: {"group:organ": Dice after each click}}`` for the rows model, refine, growcut (and variant)."""
+    from pesf.eval import evaluate_organs
+    from pesf.eval.growcut import GrowCutSegmenter
+    from pesf.interactive import InteractiveSession, SessionConfig
+    from pesf.interactive.refine import RefineConfig
+    from pesf.io import read_labelmap, read_volume
+    from pesf.models import load_model
+    from pesf.resources import sample_data_dir
+
+    model = load_model(model_name)
+    root = sample_data_dir()
+    configs = {"model": SessionConfig(refine=None), "refine": SessionConfig()}
+    if overrides:
+        configs["variant"] = SessionConfig(refine=RefineConfig(**overrides))
+    rows: dict[str, dict[str, list[float]]] = {name: {} for name in [*configs, "growcut"]}
+    for group, image_path, label_path, organs in SETS:
+        image = read_volume(root / image_path)
+        label, _ = read_labelmap(root / label_path, like=image)
+        for name in rows:
+            t0 = time.perf_counter()
+            if name == "growcut":
+                segmenter = GrowCutSegmenter(image)
+                factory = lambda segmenter=segmenter: segmenter  # noqa: E731 (one segmenter per volume)
+            else:
+                factory = lambda config=configs[name], image=image: InteractiveSession(model, image, config)  # noqa: E731
+            report = evaluate_organs(factory, label.array, organs, image.spacing, max(CLICKS), SEED)
+            for organ, result in report["organs"].items():
+                rows[name][f"{group}:{organ}"] = [float(d) for d in result["dice"]]
+            print(f"  {group:7s} {name:8s} {time.perf_counter() - t0:5.1f} s", file=sys.stderr, flush=True)
+    return rows
+
+
+def table(rows: dict[str, dict[str, list[float]]]) -> str:
+    """Mean Dice after clicks 1 / 3 / 5 per row, over all structures and per group."""
+    groups = [g for g, *_ in SETS]
+    head = "| row | all | " + " | ".join(groups) + " |"
+    lines = [head, "|" + "---|" * (2 + len(groups))]
+    for name, scores in rows.items():
+
+        def mean(keys: list[str], scores=scores) -> str:
+            m = np.mean([[scores[k][c - 1] for c in CLICKS] for k in keys], axis=0)
+            return " / ".join(f"{x:.3f}" for x in m)
+
+        per_group = [mean([k for k in scores if k.split(":")[0] == g]) for g in groups]
+        lines.append(f"| {name} | {mean(list(scores))} | " + " | ".join(per_group) + " |")
+    n = len(next(iter(rows.values())))
+    lines.append("")
+    lines.append(f"Mean Dice after {' / '.join(map(str, CLICKS))} clicks over {n} structures (seed {SEED}).")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="default", help="model name or checkpoint (default: default)")
+    parser.add_argument("--refine", action="append", default=[], metavar="FIELD=VALUE", help="a variant row")
+    parser.add_argument("--out", type=Path, help="write every structure's Dice after each click as JSON")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    args = parser.parse_args(argv)
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    overrides = _refine_overrides(args.refine)
+    t0 = time.perf_counter()
+    rows = run(args.model, overrides)
+    print(table(rows))
+    if overrides:
+        print("variant: " + ", ".join(f"{k}={v}" for k, v in overrides.items()))
+    print(f"({time.perf_counter() - t0:.0f} s)")
+    if args.out:
+        args.out.write_text(
+            json.dumps({"variant": overrides, "rows": rows}, indent=1) + "\n", encoding="utf-8"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
