@@ -219,3 +219,37 @@ def test_torchrun_two_processes(ws, template, tmp_path, env):
     card = json.loads((ws / "models" / "v1" / "card.json").read_text())
     assert card["world_size"] == 2
     pesf.load_model(ws / "models" / "v1" / "model.pt")
+
+
+_LEAVE_TOGETHER = """
+import json, sys, time
+import torch.distributed as dist
+from pesf.train.distributed import setup_distributed
+
+with setup_distributed("cpu") as ctx:
+    parts = [None, None]
+    dist.all_gather_object(parts, ctx.rank)  # the last collective, as a sharded run ends with
+    if ctx.rank == 0:
+        time.sleep(1.5)  # rank 0 still busy (writing its report) when rank 1 is done
+    done = time.time()
+left = time.time()
+with open(f"{sys.argv[1]}/rank{ctx.rank}.json", "w") as f:
+    json.dump({"done": done, "left": left, "parts": parts}, f)
+"""
+
+
+def test_torchrun_ranks_leave_the_process_group_together(tmp_path, env):
+    """A rank that is done waits for the others before it tears down its connections (a rank that tore them
+    down while another was still finishing a collective on them made that one abort)."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.is_file():
+        pytest.skip("torchrun is not installed next to this Python")
+    script = tmp_path / "leave.py"
+    script.write_text(_LEAVE_TOGETHER, encoding="utf-8")
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    first, second = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert first["parts"] == second["parts"] == [0, 1]
+    assert second["done"] < first["done"]  # rank 1 was done first ...
+    assert second["left"] >= first["done"]  # ... and left only once rank 0 was done too

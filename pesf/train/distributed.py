@@ -170,6 +170,13 @@ def setup_distributed(device: str = "auto", timeout_s: float = 1800.0) -> Iterat
     ctx = DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=dev, backend=backend)
     try:
         yield ctx
-    finally:
+    except BaseException:
         if created and dist.is_initialized():
             dist.destroy_process_group()
+        raise
+    if created and dist.is_initialized():
+        # Every rank leaves together: a rank that tore down its connections while another was still
+        # finishing the last collective on them made that one abort ("terminate called without an active
+        # exception"). After an error there is no barrier: the other ranks may never reach it.
+        ctx.barrier()
+        dist.destroy_process_group()
