@@ -54,13 +54,22 @@ from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import dijkstra
 
-__all__ = ["REFINED_LOGIT", "RefineConfig", "geodesic_grow", "refine_mask"]
+__all__ = ["REFINED_LOGIT", "RefineConfig", "geodesic_grow", "mark_turned", "refine_mask"]
 
 ORGAN = 1
 BACKGROUND = 2
 REFINED_LOGIT = 2.0
 """|logit| given to a voxel the refinement turned (probability 0.88), in the session's result and in the
 confidence module's input."""
+
+
+def mark_turned(logits: torch.Tensor, turned: torch.Tensor) -> torch.Tensor:
+    """``logits`` (changed in place and returned) set to ``+-REFINED_LOGIT`` where ``turned`` (same shape; +1
+    where the refinement turned a voxel on, -1 off, 0 kept, or an average of those) is above 0.5 or below
+    -0.5: the confidence module's input for a refined mask, in the session and in its training examples."""
+    logits[turned > 0.5] = REFINED_LOGIT
+    logits[turned < -0.5] = -REFINED_LOGIT
+    return logits
 
 
 @dataclass(frozen=True)

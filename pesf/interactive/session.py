@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from pesf.errors import PesfError
-from pesf.interactive.refine import REFINED_LOGIT, RefineConfig, refine_mask
+from pesf.interactive.refine import REFINED_LOGIT, RefineConfig, mark_turned, refine_mask
 from pesf.interactive.resample import resample_affine
 from pesf.interactive.result import OrganResult
 from pesf.interactive.roi import Region, make_region
@@ -620,9 +620,7 @@ class InteractiveSession:
             turned = resample_affine(
                 sign, m * f, t + m @ np.full(3, (f - 1) / 2) - origin, (s4,) * 3, fill=0.0
             )
-            logits = low[0, 0].clone()
-            logits[turned > 0.5] = REFINED_LOGIT
-            logits[turned < -0.5] = -REFINED_LOGIT
+            logits = mark_turned(low[0, 0].clone(), turned)
             scores.append(float(conf_module(region.embedding, logits[None, None]).reshape(-1)[0]))
         return float(np.mean(scores)) if scores else 0.0
 

@@ -73,9 +73,8 @@ class AugmentConfig:
     click_center_prob: float = 0.5  # centre the region on a deep organ voxel, the sample's first click
     coverage_prob: float = 0.0  # keep only a slab of the scan's slices around the region's centre
     coverage_range: tuple[float, float] = (3.0, 60.0)  # mm of slab, drawn log-uniformly
-    synthetic_prob: float = (
-        0.0  # train on a synthetic target instead (a random blob; samples.synthetic_target)
-    )
+    # train on a synthetic target instead (a random blob; samples.synthetic_target)
+    synthetic_prob: float = 0.0
 
     @classmethod
     def from_overrides(cls, overrides: dict | None) -> AugmentConfig:

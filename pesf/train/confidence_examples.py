@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from pesf.eval.clicks import ClickSimulator
 from pesf.eval.metrics import dice
-from pesf.interactive.refine import REFINED_LOGIT, RefineConfig, refine_mask
+from pesf.interactive.refine import RefineConfig, mark_turned, refine_mask
 from pesf.models.confidence import MaskFeatures, mask_features
 
 __all__ = ["ConfidenceExamples", "PerturbSettings", "ProgressCallback", "make_confidence_examples"]
@@ -210,8 +210,7 @@ def _refined_example(
         at_centres = F.avg_pool3d(at_centres[..., lo:, lo:, lo:], 2 if factor % 2 == 0 else 1, factor)
     logits = low_res.clone().float()
     at = at_centres[0, 0, : logits.shape[-3], : logits.shape[-2], : logits.shape[-1]]
-    logits[0][at > 0.5] = REFINED_LOGIT
-    logits[0][at < -0.5] = -REFINED_LOGIT
+    mark_turned(logits[0], at)
     return logits, torch.tensor(dice(target[0, 0].numpy() > 0.5, refined), dtype=torch.float32)
 
 
