@@ -168,6 +168,15 @@ def test_default_model_floor(samples):
     )
 
 
+def _benchmark(name: str):
+    """The module ``Testing/Benchmarks/<name>.py``, imported and registered (its dataclasses look it up)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parent / "Benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_default_model_recipe_is_runnable_as_written():
     """Every training config of the default model's recipe is valid for ``pesf train``, and the organ lists
     name only structures of the sample CT's label map, never one held out for the evaluation table."""
@@ -188,13 +197,35 @@ def test_default_model_recipe_is_runnable_as_written():
         assert all(labels[value] == name for name, value in pairs), path.name
         assert not held_out & {name for name, _ in pairs}, path.name
     # the evaluation table marks as seen exactly its organs that the last stage trained on
-    spec = importlib.util.spec_from_file_location(
-        "eval_table", Path(__file__).parent / "Benchmarks" / "eval_table.py"
-    )
-    table = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = table  # its dataclasses look their module up
-    spec.loader.exec_module(table)
+    table = _benchmark("eval_table")
     last = (recipe / "organs-A_ct_full-all.txt").read_text().strip().split(",")
     in_table = {name for dataset in table.DATASETS for name in dataset.organs}
     assert table.TRAINED_ORGANS == in_table & {item.split("=")[0] for item in last}
     assert set(table.DATASETS[0].organs) <= held_out
+    # the few-slice benchmark marks as held out exactly its organs the default model never trained on
+    slab = _benchmark("slab_dev")
+    assert all(labels[str(value)] == name for name, value in slab.ORGANS.items())
+    assert slab.HELD_OUT == set(slab.ORGANS) - {item.split("=")[0] for item in last}
+    assert slab.HELD_OUT <= held_out
+
+
+def test_slab_benchmark_cuts_slabs_in_place():
+    """The few-slice benchmark's slabs keep the sample CT's geometry: each slab's voxels are the scan's voxels
+    at the same physical positions, with its labels, and every organ it scores is there."""
+    from pesf.io import read_labelmap, read_volume
+    from pesf.resources import sample_data_dir
+
+    slab = _benchmark("slab_dev")
+    image = read_volume(sample_data_dir() / slab.IMAGE)
+    label, _ = read_labelmap(sample_data_dir() / slab.LABEL, like=image)
+    cut = list(slab.slabs(3))
+    assert [name for name, *_ in cut] == [f"{level} level" for level in slab.LEVELS]
+    for _, sub, lab, organs in cut:
+        first = image.lps_to_index(sub.origin)
+        assert np.allclose(first, np.rint(first)) and first[0] == 0 and first[1] == 0
+        k = int(round(first[2]))
+        assert sub.shape == (image.shape[0], image.shape[1], 3)
+        assert np.array_equal(sub.array, image.array[:, :, k : k + 3])
+        assert np.array_equal(lab, label.array[:, :, k : k + 3])
+        assert np.allclose(sub.spacing, image.spacing) and np.allclose(sub.direction, image.direction)
+        assert organs and all(int((lab == v).sum()) >= slab.MIN_VOXELS for v in organs.values())

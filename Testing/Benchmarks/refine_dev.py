@@ -105,9 +105,7 @@ def _refine_overrides(items: list[str]) -> dict[str, float | int | bool]:
 
 def run(model_name: str, overrides: dict) -> dict[str, dict[str, list[float]]]:
     """``{row: {"group:organ": Dice after each click}}`` for the rows model, refine, growcut (and variant)."""
-    from pesf.eval import evaluate_organs
-    from pesf.eval.growcut import GrowCutSegmenter
-    from pesf.interactive import InteractiveSession, SessionConfig
+    from pesf.interactive import SessionConfig
     from pesf.interactive.refine import RefineConfig
     from pesf.io import read_labelmap, read_volume
     from pesf.models import load_model
@@ -122,18 +120,37 @@ def run(model_name: str, overrides: dict) -> dict[str, dict[str, list[float]]]:
     for group, image_path, label_path, organs in SETS:
         image = read_volume(root / image_path)
         label, _ = read_labelmap(root / label_path, like=image)
-        for name in rows:
-            t0 = time.perf_counter()
-            if name == "growcut":
-                segmenter = GrowCutSegmenter(image)
-                factory = lambda segmenter=segmenter: segmenter  # noqa: E731 (one segmenter per volume)
-            else:
-                factory = lambda config=configs[name], image=image: InteractiveSession(model, image, config)  # noqa: E731
-            report = evaluate_organs(factory, label.array, organs, image.spacing, max(CLICKS), SEED)
-            for organ, result in report["organs"].items():
-                rows[name][f"{group}:{organ}"] = [float(d) for d in result["dice"]]
-            print(f"  {group:7s} {name:8s} {time.perf_counter() - t0:5.1f} s", file=sys.stderr, flush=True)
+        score(rows, model, configs, group, image, label.array, organs)
     return rows
+
+
+def score(
+    rows: dict, model, configs: dict, group: str, image, label: np.ndarray, organs: dict[str, int]
+) -> None:
+    """Simulate the clicks on ``organs`` of ``image`` (``label`` on its grid) for every row of ``rows``: a
+    session with ``configs[row]``, or Slicer's Grow from seeds for ``"growcut"``; each structure's Dice after
+    every click goes to ``rows[row]["group:organ"]``."""
+    from pesf.eval import evaluate_organs
+    from pesf.eval.growcut import GrowCutSegmenter
+    from pesf.interactive import InteractiveSession
+
+    for name in rows:
+        t0 = time.perf_counter()
+        if name == "growcut":
+            segmenter = GrowCutSegmenter(image)
+            factory = lambda segmenter=segmenter: segmenter  # noqa: E731 (one segmenter per volume)
+        else:
+            factory = lambda config=configs[name]: InteractiveSession(model, image, config)  # noqa: E731
+        report = evaluate_organs(factory, label, organs, image.spacing, max(CLICKS), SEED)
+        for organ, result in report["organs"].items():
+            rows[name][f"{group}:{organ}"] = [float(d) for d in result["dice"]]
+        print(f"  {group:22s} {name:8s} {time.perf_counter() - t0:5.1f} s", file=sys.stderr, flush=True)
+
+
+def mean_dice(scores: dict[str, list[float]], keys: list[str]) -> str:
+    """Mean Dice after clicks 1 / 3 / 5 over ``keys`` of ``scores``, formatted."""
+    m = np.mean([[scores[k][c - 1] for c in CLICKS] for k in keys], axis=0)
+    return " / ".join(f"{x:.3f}" for x in m)
 
 
 def table(rows: dict[str, dict[str, list[float]]]) -> str:
@@ -142,13 +159,8 @@ def table(rows: dict[str, dict[str, list[float]]]) -> str:
     head = "| row | all | " + " | ".join(groups) + " |"
     lines = [head, "|" + "---|" * (2 + len(groups))]
     for name, scores in rows.items():
-
-        def mean(keys: list[str], scores=scores) -> str:
-            m = np.mean([[scores[k][c - 1] for c in CLICKS] for k in keys], axis=0)
-            return " / ".join(f"{x:.3f}" for x in m)
-
-        per_group = [mean([k for k in scores if k.split(":")[0] == g]) for g in groups]
-        lines.append(f"| {name} | {mean(list(scores))} | " + " | ".join(per_group) + " |")
+        per_group = [mean_dice(scores, [k for k in scores if k.split(":")[0] == g]) for g in groups]
+        lines.append(f"| {name} | {mean_dice(scores, list(scores))} | " + " | ".join(per_group) + " |")
     n = len(next(iter(rows.values())))
     lines.append("")
     lines.append(f"Mean Dice after {' / '.join(map(str, CLICKS))} clicks over {n} structures (seed {SEED}).")
