@@ -159,3 +159,17 @@ def test_unknown_method_is_refused(samples, out_dir, capsys):
         )
     assert excinfo.value.code == 2
     assert "growcut" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", [["--model", "default"], ["--no-refine"]])
+def test_model_options_with_growcut_are_refused(samples, out_dir, capsys, option):
+    """Grow from seeds uses no model: --model or --no-refine with it is a one-line error, not silently
+    ignored, and no report is written."""
+    from pesf.cli import main
+
+    out = out_dir / "r.json"
+    args = ["evaluate", str(samples.ct_image), str(samples.ct_label), "--organs", "liver=5"]
+    code = main([*args, "--method", "growcut", *option, "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and not out.exists()
+    assert err.count("\n") == 0 and option[0] in err and "--method pesf only" in err

@@ -109,12 +109,16 @@ def build_parser() -> argparse.ArgumentParser:
             "as seeds, a classical baseline without confidence (default: %(default)s)"
         ),
     )
-    p.add_argument("--model", default="default", metavar="MODEL", help=_MODEL_HELP + "; with --method pesf")
+    p.add_argument(
+        "--model",
+        metavar="MODEL",
+        help=_MODEL_HELP.replace("%(default)s", "default") + "; with --method pesf only",
+    )
     p.add_argument(
         "--no-refine",
         action="store_true",
         help=(
-            "with --method pesf: score the model's masks as they are, without their refinement by the image "
+            "with --method pesf only: score the model's masks as they are, without their refinement by the image "
             "(a geodesic grow from the model's mask, its logits and the clicks, from an organ's first click on)"
         ),
     )

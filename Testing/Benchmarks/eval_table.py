@@ -129,11 +129,11 @@ def run_evaluate(dataset: Dataset, method: str, model: str, threads: int | None,
         str(SEED),
         "--method",
         "growcut" if method == "growcut" else "pesf",
-        "--model",
-        model,
         "--out",
         str(out),
     ]
+    if method != "growcut":
+        argv += ["--model", model]
     if method == "model":
         argv.append("--no-refine")
     printed = io.StringIO()

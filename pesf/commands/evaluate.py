@@ -24,6 +24,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     image = read_volume(args.image)
     label, _ = read_labelmap(args.label, like=image)
     method = getattr(args, "method", "pesf")
+    if method == "growcut" and (getattr(args, "model", None) or getattr(args, "no_refine", False)):
+        option = "--model" if getattr(args, "model", None) else "--no-refine"
+        raise PesfError(
+            f"{option} applies to --method pesf only; Grow from seeds (--method growcut) uses no model"
+        )
     if method == "growcut":
         from pesf.eval.growcut import GrowCutSegmenter
 
@@ -41,7 +46,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         from pesf.interactive import InteractiveSession, SessionConfig
         from pesf.models import load_model, model_info
 
-        model = load_model(args.model)
+        model = load_model(getattr(args, "model", None) or "default")
         config = SessionConfig(refine=None) if getattr(args, "no_refine", False) else SessionConfig()
 
         def factory():
