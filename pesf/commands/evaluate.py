@@ -19,16 +19,16 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     if args.clicks < 1:
         raise PesfError(f"--clicks must be at least 1, got {args.clicks}")
-    out = check_output_path(args.out, "report")
-    organs = parse_organs_arg(args.organs)
-    image = read_volume(args.image)
-    label, _ = read_labelmap(args.label, like=image)
     method = getattr(args, "method", "pesf")
     if method == "growcut" and (getattr(args, "model", None) or getattr(args, "no_refine", False)):
         option = "--model" if getattr(args, "model", None) else "--no-refine"
         raise PesfError(
             f"{option} applies to --method pesf only; Grow from seeds (--method growcut) uses no model"
         )
+    out = check_output_path(args.out, "report")
+    organs = parse_organs_arg(args.organs)
+    image = read_volume(args.image)
+    label, _ = read_labelmap(args.label, like=image)
     if method == "growcut":
         from pesf.eval.growcut import GrowCutSegmenter
 
