@@ -136,6 +136,7 @@ def test_evaluate_command_reports_its_method(method, samples, out_dir, capsys):
         assert "model" not in report
     else:
         assert "growcut" not in report and report["model"]["name"]
+        assert report["model"]["thin_scan"] == {"mm": 30.0, "first_click_offset": 1.0}
     printed = capsys.readouterr().out
     assert "conf@last" in printed and f"wrote {out}" in printed
 

@@ -312,3 +312,41 @@ def test_a_few_slice_scan_fills_a_region_layer_per_slice_thickness():
     assert (values[2] - values[1]) == pytest.approx(2 * (values[1] - values[0]), rel=1e-4)
     outside = image[:, :, [k for k in range(32) if k not in layers]]
     assert torch.all(outside == outside.flatten()[0])  # the fill beyond the scan's extent
+
+
+@pytest.mark.parametrize("thickness_mm", [10.0, 40.0])
+def test_first_click_on_a_few_slice_scan_reads_the_mask_with_an_offset(thickness_mm):
+    """On a scan at most ``thin_scan_mm`` thick, the decodes of an organ's first click have
+    ``thin_scan_offset`` added to their logits (a wider mask, and the confidence read from the same logits);
+    the model's own logits stay its mask prompt, and the second click is decoded without the offset. A
+    thicker scan gets no offset at all."""
+    vol = _volume(shape=(90, 80, 5), direction=np.eye(3), spacing=[0.8, 0.8, thickness_mm / 5])
+    thin = thickness_mm <= SessionConfig().thin_scan_mm
+    sessions = {
+        offset: InteractiveSession(
+            BallModel(radius=8), vol, SessionConfig(confidence_runs=2, refine=None, thin_scan_offset=offset)
+        )
+        for offset in (0.0, 1.5)
+    }
+    first = {k: s.add_click("organ", (45, 40, 2)) for k, s in sessions.items()}
+
+    def logits(result):  # on the whole grid, NaN beyond the result's crop
+        out = np.full(vol.shape, np.nan, dtype=np.float32)
+        out[result.bbox] = result.logits
+        return out
+
+    base, shifted = logits(first[0.0]), logits(first[1.5])
+    inside = base > -10  # where the ball model's logits are its own (not the paste-back's fill)
+    assert inside.sum() > 1000
+    np.testing.assert_allclose(shifted[inside] - base[inside], 1.5 if thin else 0.0, atol=1e-5)
+    if thin:
+        assert first[1.5].voxel_count > first[0.0].voxel_count
+        states = {k: s._organs["organ"] for k, s in sessions.items()}
+        key = states[0.0].regions[0]
+        torch.testing.assert_close(states[1.5].low_res[key], states[0.0].low_res[key])  # the prompt
+        maps = {k: r.full_confidence_map() for k, r in first.items()}
+        assert maps[1.5][45, 40, 2] == 1.0 and not np.array_equal(maps[0.0], maps[1.5])
+    else:
+        assert first[1.5].voxel_count == first[0.0].voxel_count
+    second = {k: s.add_click("organ", (47, 40, 2)) for k, s in sessions.items()}
+    np.testing.assert_allclose(logits(second[1.5]), logits(second[0.0]), atol=1e-5)

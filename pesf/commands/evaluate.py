@@ -55,6 +55,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         info = model_info(model)
         details = {k: info.get(k) for k in ("name", "config", "source", "trained") if k in info}
         details["refine"] = None if config.refine is None else dataclasses.asdict(config.refine)
+        details["thin_scan"] = {"mm": config.thin_scan_mm, "first_click_offset": config.thin_scan_offset}
 
     with progress_bar(len(organs) * args.clicks, f"evaluate ({method})") as bar:
 
