@@ -11,7 +11,9 @@ with its parent's is dropped. The region logits are pasted back onto the input g
 bounding box of the predicted organ. From an organ's first click on, the mask is refined by a geodesic
 grow from seeds that the model's mask, its logits and the clicks provide (:mod:`pesf.interactive.refine`):
 the image decides where the model is unsure, and a corrective click always changes the mask where the user
-pointed.
+pointed. On a scan of a few slices, the mask of an organ's first click is read with an offset added to the
+model's logits (``SessionConfig.thin_scan_offset``), since a model trained on whole scans answers it there
+with logits that sit low.
 
 Typical use::
 
