@@ -20,8 +20,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.clicks < 1:
         raise PesfError(f"--clicks must be at least 1, got {args.clicks}")
     method = getattr(args, "method", "pesf")
-    if method == "growcut" and (getattr(args, "model", None) or getattr(args, "no_refine", False)):
-        option = "--model" if getattr(args, "model", None) else "--no-refine"
+    model_name = getattr(args, "model", None)
+    no_refine = getattr(args, "no_refine", False)
+    if method == "growcut" and (model_name or no_refine):
+        option = "--model" if model_name else "--no-refine"
         raise PesfError(
             f"{option} applies to --method pesf only; Grow from seeds (--method growcut) uses no model"
         )
@@ -46,8 +48,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         from pesf.interactive import InteractiveSession, SessionConfig
         from pesf.models import load_model, model_info
 
-        model = load_model(getattr(args, "model", None) or "default")
-        config = SessionConfig(refine=None) if getattr(args, "no_refine", False) else SessionConfig()
+        model = load_model(model_name or "default")
+        config = SessionConfig(refine=None) if no_refine else SessionConfig()
 
         def factory():
             return InteractiveSession(model, image, config)
