@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from ball_model import BallModel
+from scipy import ndimage
 
 from pesf.eval.metrics import dice
 from pesf.interactive import InteractiveSession, SessionConfig
@@ -76,6 +77,32 @@ def test_an_unsure_model_lets_the_image_decide_after_one_click() -> None:
     assert dice(organ, outs["sure"]) < 0.8 and (outs["sure"] & ~organ).sum() == 0
 
 
+def test_the_working_box_holds_all_the_model_is_unsure_of() -> None:
+    """A large organ of which the model found a small core, unsure (logits a little below 0) over the whole
+    organ and sure of the background beyond it: the working box holds every unsure voxel, so the first
+    click's refinement reaches the organ's far edge; a box of the mask widened by ``margin_mm`` alone cuts
+    the organ off ``margin_mm`` beyond the core."""
+    image, organ = _blob_image(shape=(96, 96, 80), scale=2.5)
+    grid = np.argwhere(np.ones(organ.shape, dtype=bool)).reshape(*organ.shape, 3)
+    centre = np.array(organ.shape) / 2
+    core = (((grid - centre) / [9.0, 6.0, 5.5]) ** 2).sum(axis=-1) <= 1.0
+    unsure = (((grid - centre) / [38.0, 28.0, 25.0]) ** 2).sum(axis=-1) <= 1.0  # the organ and a rim
+    logits = np.where(core, 3.0, np.where(unsure, -1.0, -10.0)).astype(np.float32)
+    # the session hands over the crop of its logits above -4, as here
+    crop = tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(unsure))
+    click = [(np.rint(centre).astype(np.int64), True)]
+    outs = {}
+    for cover in (True, False):
+        cfg = RefineConfig(cover_unsure=cover)
+        box, refined = refine_mask(image, core[crop], crop, [1.0] * 3, click, cfg, logits=logits[crop])
+        outs[cover] = np.zeros(image.shape, dtype=bool)
+        outs[cover][box] = refined
+    assert dice(organ, core) < 0.2
+    assert dice(organ, outs[True]) > 0.95
+    assert dice(organ, outs[False]) < 0.8
+    assert not (outs[False] & ~organ).any()
+
+
 def test_a_thin_structure_keeps_its_centre_line_as_organ_seeds() -> None:
     """A vessel 6 voxels wide whose intensity fades along it: organ seeds deeper than a fraction of the mask's
     greatest depth (not a fixed 12 mm, which a vessel never reaches) keep its whole length."""
@@ -139,7 +166,9 @@ def test_a_fine_grid_is_refined_on_blocks_and_keeps_the_model_s_boundary_elsewhe
     half[72:] = False
     full = tuple(slice(0, n) for n in image.shape)
     spacing = [0.5, 0.5, 0.5]  # blocks of 3 voxels (1.5 mm)
-    logits = np.where(half, 4.0, -2.0).astype(np.float32)  # unsure of what it left out
+    # unsure of what it left out and a rim around the organ, sure of the background beyond
+    near = ndimage.binary_dilation(organ, iterations=8)
+    logits = np.where(half, 4.0, np.where(near, -2.0, -10.0)).astype(np.float32)
     clicks = [(np.array([55, 72, 60]), True), (np.array([100, 72, 60]), True)]
     box, refined = refine_mask(image, half, full, spacing, clicks, logits=logits)
     out = np.zeros(image.shape, dtype=bool)

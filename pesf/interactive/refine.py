@@ -22,11 +22,16 @@ model's mask as *Grow from seeds* would, with the model's answer as the seeds:
 Where the model is unsure beyond its mask (logits between ``-background_logit`` and 0), the image decides how
 far the organ goes; where it is sure, the band left to the image is ``background_gap_mm`` wide.
 
-The working box is the mask and the clicks widened by ``margin_mm``. Grids finer than ``grid_mm`` (the
-model's own resolution is 1.5 mm) are refined on blocks of whole voxels about ``grid_mm`` wide (2 voxels at
-0.6-0.85 mm, 3 at 0.42-0.56 mm), and a box of more than ``max_blocks`` blocks on coarser ones, so a click's
-cost stays bounded. Only the blocks whose label changed are written back, so the model's fine boundary
-stays wherever the refinement agrees with it.
+The working box is the mask, the clicks and every voxel the model is unsure of (logit above
+``-background_logit``; ``cover_unsure``), widened by ``margin_mm``. Its faces inside the image are background
+seeds, so a box of the mask alone would cut a large organ off ``margin_mm`` beyond a core the model found:
+on three 3 mm slices of the sample CT through the liver, the liver then reached Dice 0.41 / 0.38 / 0.70 after
+1 / 3 / 5 clicks, and 0.49 / 0.73 / 0.87 with the box holding what the model is unsure of. Where nothing else
+seeds the background (the model unsure of the whole image), all the box's faces are seeded. Grids finer than
+``grid_mm`` (the model's own resolution is 1.5 mm) are refined on blocks of whole voxels about ``grid_mm``
+wide (2 voxels at 0.6-0.85 mm, 3 at 0.42-0.56 mm), and a box of more than ``max_blocks`` blocks on coarser
+ones, so a click's cost stays bounded. Only the blocks whose label changed are written back, so the model's
+fine boundary stays wherever the refinement agrees with it.
 
 The widths were chosen on structures that are not in the evaluation table (simulated clicks, seed 0): ten
 structures of the sample CT (kidney_right, urinary_bladder, duodenum, iliopsoas_right, femur_right,
@@ -35,11 +40,15 @@ vertebrae_L1, gluteus_medius_left, adrenal_gland_right, colon, small_bowel), fiv
 does not score (gallbladder, pancreas, colon, vertebrae, aorta, inferior vena cava, autochthon, duodenum,
 spinal cord) and the brain MR's edema. Mean Dice after clicks 1 / 3 / 5 over these 25 structures: model
 alone 0.491 / 0.534 / 0.540; refined from the second click with fixed widths (inner 6 mm, outer 9 mm, the
-previous default) 0.491 / 0.618 / 0.659; as described here 0.550 / 0.649 / 0.713 (Slicer's grow-cut
-0.379 / 0.595 / 0.612). ``python Testing/Benchmarks/refine_dev.py`` reruns this comparison on the 24 of these
-structures that the repository holds (all but the brain MR's edema): model alone 0.503 / 0.539 / 0.546, as
-described here 0.563 / 0.653 / 0.719, grow-cut 0.383 / 0.585 / 0.604; ``--refine FIELD=VALUE`` adds a
-variant's row.
+previous default) 0.491 / 0.618 / 0.659; as described here but with a box of the mask alone (no
+``cover_unsure``, ``max_blocks`` 64^3) 0.550 / 0.649 / 0.713 (Slicer's grow-cut 0.379 / 0.595 / 0.612).
+``python Testing/Benchmarks/refine_dev.py`` reruns this comparison on the 24 of these structures that the
+repository holds (all but the brain MR's edema): model alone 0.503 / 0.539 / 0.546, as described here
+0.564 / 0.657 / 0.712 (0.563 / 0.653 / 0.719 with a box of the mask alone), grow-cut 0.383 / 0.585 / 0.604;
+``--refine FIELD=VALUE`` adds a variant's row. ``cover_unsure`` and ``max_blocks`` (96^3: with 64^3 the
+larger boxes were refined on coarser blocks, and the five thin structures lost 0.07 after five clicks) were
+chosen on these and on few-slice slabs of the sample CT (``Testing/Benchmarks/slab_dev.py``, 13 structures:
+0.576 / 0.756 / 0.857 -> 0.583 / 0.816 / 0.880).
 """
 
 from __future__ import annotations
@@ -87,8 +96,9 @@ class RefineConfig:
     click_mm: float = 3.0
     margin_mm: float = 10.0
     grid_mm: float = 1.5
-    max_blocks: int = 64**3  # a larger working box is refined on coarser blocks (a bounded cost per click)
+    max_blocks: int = 96**3  # a larger working box is refined on coarser blocks (a bounded cost per click)
     from_click: int = 1  # the organ's first click that is refined (2: corrective clicks only)
+    cover_unsure: bool = True  # the working box holds every voxel the model is unsure of
 
     def __post_init__(self) -> None:
         if self.from_click < 1:
@@ -182,10 +192,15 @@ def refine_mask(
     offset = np.array([s.start or 0 for s in mask_box], dtype=np.int64)
     lo = voxels.min(axis=0)
     hi = voxels.max(axis=0) + 1
-    if mask.size and mask.any():
-        nz = [np.flatnonzero(mask.any(axis=tuple(b for b in range(3) if b != a))) for a in range(3)]
-        lo = np.minimum(lo, offset + [n[0] for n in nz])
-        hi = np.maximum(hi, offset + [n[-1] + 1 for n in nz])
+    # the box holds the mask, and with cover_unsure every voxel the model is unsure of
+    held = [mask] if mask.size else []
+    if cfg.cover_unsure and logits is not None:
+        held.append(logits > -cfg.background_logit)
+    for array in held:
+        if array.any():
+            nz = [np.flatnonzero(array.any(axis=tuple(b for b in range(3) if b != a))) for a in range(3)]
+            lo = np.minimum(lo, offset + [n[0] for n in nz])
+            hi = np.maximum(hi, offset + [n[-1] + 1 for n in nz])
     pad = np.ceil(cfg.margin_mm / sp).astype(np.int64)
     lo, hi = np.maximum(lo - pad, 0), np.minimum(hi + pad, shape)
     box = _slices(lo, hi)
@@ -223,9 +238,12 @@ def refine_mask(
     away = _distance(~coarse_mask, csp)
     sure = (away > cfg.background_gap_mm) & (coarse_logit < -cfg.background_logit)
     seeds[~coarse_mask & (sure | (away > cfg.outer_mm))] = BACKGROUND
+    # the faces inside the image; all of them when nothing else seeds the background (the model is unsure
+    # of the whole image, and the box is the image)
+    no_background = not (seeds == BACKGROUND).any() and all(positive for _, positive in clicks)
     for axis in range(3):
         for side, inside in ((0, lo[axis] > 0), (1, hi[axis] < shape[axis])):
-            if inside and coarse_mask.shape[axis] >= 5:
+            if (inside or no_background) and coarse_mask.shape[axis] >= 5:
                 face = [slice(None)] * 3
                 face[axis] = slice(0, 2) if side == 0 else slice(-2, None)
                 seeds[tuple(face)] = BACKGROUND
