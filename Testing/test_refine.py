@@ -59,7 +59,8 @@ def test_refinement_starts_at_from_click() -> None:
 def test_an_unsure_model_lets_the_image_decide_after_one_click() -> None:
     """A model that found only the core of an organ and is unsure around it (logits a little below 0): the
     first click's refinement grows the mask to the organ's edge; if the model is sure of the background
-    there (logits far below 0), its mask is kept but for a narrow band."""
+    there (logits far below 0), its mask is kept but for a narrow band. Unsure of the whole image, the
+    working box is the image, and its faces (on the image's border) seed the background."""
     image, organ = _blob_image()
     grid = np.argwhere(np.ones(organ.shape, dtype=bool)).reshape(*organ.shape, 3)
     centre = np.array(organ.shape) / 2

@@ -13,7 +13,7 @@ Most of these organs were training targets of the bundled default model on the w
 gallbladder and pancreas were held out (marked in the table). So this measures how well a model copes with
 a thin scan of a patient it knows; the evaluation table's E is the measure on a patient it does not know.
 
-With the bundled default model (``default-6``; 15-22 s), mean Dice after 1 / 3 / 5 clicks over 13
+With the bundled default model (``default-7``, the weights of ``default-6``; 15-22 s), mean Dice after 1 / 3 / 5 clicks over 13
 structures: refine 0.583 / 0.816 / 0.880, model 0.545 / 0.669 / 0.728, growcut 0.524 / 0.736 / 0.837. Both
 session rows read the first click's mask with the offset for few-slice scans (``SessionConfig.thin_scan_offset``,
 chosen here with 3, 5 and 10 slices); without it, refine 0.577 / 0.774 / 0.859 and model 0.496 / 0.683 /

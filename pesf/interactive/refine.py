@@ -45,10 +45,13 @@ previous default) 0.491 / 0.618 / 0.659; as described here but with a box of the
 ``python Testing/Benchmarks/refine_dev.py`` reruns this comparison on the 24 of these structures that the
 repository holds (all but the brain MR's edema): model alone 0.503 / 0.539 / 0.546, as described here
 0.564 / 0.657 / 0.712 (0.563 / 0.653 / 0.719 with a box of the mask alone), grow-cut 0.383 / 0.585 / 0.604;
-``--refine FIELD=VALUE`` adds a variant's row. ``cover_unsure`` and ``max_blocks`` (96^3: with 64^3 the
-larger boxes were refined on coarser blocks, and the five thin structures lost 0.07 after five clicks) were
-chosen on these and on few-slice slabs of the sample CT (``Testing/Benchmarks/slab_dev.py``, 13 structures:
-0.576 / 0.756 / 0.857 -> 0.583 / 0.816 / 0.880).
+``--refine FIELD=VALUE`` adds a variant's row. ``cover_unsure`` and ``max_blocks`` were chosen on these and
+on few-slice slabs of the sample CT (``Testing/Benchmarks/slab_dev.py``, 13 structures: 0.576 / 0.756 /
+0.857 -> 0.583 / 0.816 / 0.880). With the larger boxes, 64^3 blocks were too coarse (the five thin
+structures lost 0.07 after five clicks). 80^3 blocks refine a click of the worst case of
+``Testing/Benchmarks/bench_session.py`` in 0.9 s instead of 1.5 s, but coarsen a large organ's box: the
+sample CT's liver in ``pesf demo`` reached 0.847 after four clicks instead of 0.877 (``refine_dev.py``
+0.001-0.003 lower).
 """
 
 from __future__ import annotations
