@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -167,12 +166,18 @@ def table(rows: dict[str, dict[str, list[float]]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def benchmark_parser(doc: str) -> argparse.ArgumentParser:
+    """The options these dev benchmarks share: ``--model``, ``--out`` and ``--threads``."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--model", default="default", help="model name or checkpoint (default: default)")
-    parser.add_argument("--refine", action="append", default=[], metavar="FIELD=VALUE", help="a variant row")
     parser.add_argument("--out", type=Path, help="write every structure's Dice after each click as JSON")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = benchmark_parser(__doc__)
+    parser.add_argument("--refine", action="append", default=[], metavar="FIELD=VALUE", help="a variant row")
     args = parser.parse_args(argv)
     import torch
 
@@ -186,9 +191,9 @@ def main(argv: list[str] | None = None) -> int:
         print("variant: " + ", ".join(f"{k}={v}" for k, v in overrides.items()))
     print(f"({time.perf_counter() - t0:.0f} s)")
     if args.out:
-        args.out.write_text(
-            json.dumps({"variant": overrides, "rows": rows}, indent=1) + "\n", encoding="utf-8"
-        )
+        from pesf.io import write_json_atomic
+
+        write_json_atomic(args.out, {"variant": overrides, "rows": rows}, indent=1)
     return 0
 
 

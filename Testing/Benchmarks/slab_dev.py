@@ -26,11 +26,8 @@ The held-out kidney_left (the only held-out organ with 200 voxels in a slab): 0.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -123,11 +120,10 @@ def table(rows: dict[str, dict[str, list[float]]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="default", help="model name or checkpoint (default: default)")
+    from refine_dev import benchmark_parser
+
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--slices", type=int, default=3, help="slices per slab (default: 3)")
-    parser.add_argument("--out", type=Path, help="write every structure's Dice after each click as JSON")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     args = parser.parse_args(argv)
     if args.slices < 2:
         parser.error("--slices must be at least 2 (PESF segments 3D volumes)")
@@ -140,9 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     print(table(rows))
     print(f"({time.perf_counter() - t0:.0f} s)")
     if args.out:
-        args.out.write_text(
-            json.dumps({"slices": args.slices, "rows": rows}, indent=1) + "\n", encoding="utf-8"
-        )
+        from pesf.io import write_json_atomic
+
+        write_json_atomic(args.out, {"slices": args.slices, "rows": rows}, indent=1)
     return 0
 
 
