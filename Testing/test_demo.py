@@ -229,3 +229,22 @@ def test_slab_benchmark_cuts_slabs_in_place():
         assert np.array_equal(lab, label.array[:, :, k : k + 3])
         assert np.allclose(sub.spacing, image.spacing) and np.allclose(sub.direction, image.direction)
         assert organs and all(int((lab == v).sum()) >= slab.MIN_VOXELS for v in organs.values())
+
+
+def test_slab_benchmark_splits_slices_in_place():
+    """``--split``: every slice of a slab becomes thinner slices of its content that fill the same thickness
+    (one 3 mm slice as three 1 mm slices, as thin as the sample CT E), and the same organs are scored."""
+    slab = _benchmark("slab_dev")
+    for (name, sub, lab, organs), (name1, one, lab1, organs1) in zip(
+        slab.slabs(1, split=3), slab.slabs(1), strict=True
+    ):
+        assert name == name1 and organs == organs1
+        assert sub.shape == (one.shape[0], one.shape[1], 3)
+        assert np.allclose(sub.spacing, [*one.spacing[:2], one.spacing[2] / 3])
+        for thin in range(3):
+            assert np.array_equal(sub.array[:, :, thin], one.array[:, :, 0])
+            assert np.array_equal(lab[:, :, thin], lab1[:, :, 0])
+        # the middle thin slice lies where the slice was; the three fill its thickness
+        assert np.allclose(sub.index_to_lps([0, 0, 1]), one.index_to_lps([0, 0, 0]))
+        assert np.allclose(sub.index_to_lps([0, 0, -0.5]), one.index_to_lps([0, 0, -0.5]))
+        assert np.allclose(sub.index_to_lps([0, 0, 2.5]), one.index_to_lps([0, 0, 0.5]))
