@@ -417,6 +417,26 @@ def test_real_model_from_a_checkpoint_and_shared_trained_version(
         ModelChoice.checkpoint(tmp_path / "missing.pt")
 
 
+def test_the_bundled_default_segments_an_mr_volume_with_its_mr_weights(app, events, samples):
+    """The bundled default names its MR weights: on an MR volume the segment records ``default-mr``."""
+    mr_node = load_volume(app.scene, samples.mr_image, "C_mr")
+    logic = PESFSegmentLogic(app.scene, eventCallback=lambda event, info: events.append((event, info)))
+    try:
+        logic.setModel(ModelChoice.bundled())
+        logic.setInputVolume(mr_node)
+        logic.addOrgan("liver")
+        label, _ = read_labelmap(samples.mr_label, like=read_volume(samples.mr_image))
+        inside = np.argwhere(label.array == 5)  # the liver in TotalSegmentator's total_mr labels
+        logic.addPrompt("liver", indexToRas(mr_node, inside[len(inside) // 2]))
+        assert logic.waitForResults(TIMEOUT)
+        assert not errors(events)
+        state = logic.organ("liver")
+        assert logic.modelVersion == "default" and state.modelVersion == "default-mr"
+        assert state.confidence is not None and mask_of(logic, "liver").any()
+    finally:
+        logic.cleanup()
+
+
 @pytest.mark.parametrize("extension", [".nii.gz", ".nrrd", ".seg.nrrd"])
 def test_export_geometry_equals_the_volume(ball_logic, ct_node, samples, tmp_path, extension):
     for organ, ijk in [("liver", [40, 50, 15]), ("spleen", [90, 50, 15]), ("stomach", [60, 30, 15])]:

@@ -54,6 +54,14 @@ def test_train_confidence_writes_model_with_module(tmp_path, workspace, samples,
             "2",
             "--augmentation",
             str(aug),
+            "--modality",
+            "CT",
+            "--variant",
+            "mr=default-mr",
+            "--model-version",
+            "test-1",
+            "--source",
+            "a tiny test model",
         ]
     )
     printed = capsys.readouterr().out
@@ -65,6 +73,9 @@ def test_train_confidence_writes_model_with_module(tmp_path, workspace, samples,
     assert 0.0 <= threshold <= 1.0
     trained_on = model.metadata["confidence"]["trained_on"]
     assert trained_on["regions"] == 4 and trained_on["augmentation"]["remap_prob"] == 0.5
+    assert model.metadata["modality"] == "CT" and model.metadata["variants"] == {"MR": "default-mr"}
+    assert model.metadata["model_version"] == "test-1"
+    assert model.metadata["source"] == "a tiny test model; confidence module trained on 4 regions"
     session = InteractiveSession(model, read_volume(samples.ct_image), SessionConfig(confidence_runs=0))
     result = session.add_click("liver", np.array([60.0, 50.0, 15.0]))
     assert result.confidence_source == "confidence-module" and 0.0 <= result.confidence <= 1.0
@@ -99,6 +110,15 @@ def test_train_confidence_refuses_a_bad_augmentation_file(tmp_path, workspace, c
     assert code == 2 and err.startswith("pesf: error:") and len(err.strip().splitlines()) == 1
     assert message in err and str(aug) in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("variant", ["MR", "PET=other.pt", "MR="])
+def test_train_confidence_refuses_a_bad_variant(tmp_path, workspace, capsys, variant):
+    out = tmp_path / "m.pt"
+    code = main(["train-confidence", str(workspace), "--out", str(out), "--variant", variant])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("pesf: error:") and len(err.strip().splitlines()) == 1
+    assert "MODALITY=MODEL" in err and not out.exists()
 
 
 def test_train_confidence_augmentation_file_sets_the_augmented_regions(tmp_path):

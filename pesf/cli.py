@@ -181,6 +181,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="calibrate the threshold so that kept masks have this mean Dice (default: %(default)s)",
     )
     p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default: %(default)s)")
+    p.add_argument(
+        "--modality",
+        choices=("CT", "MR"),
+        help="record in the written model the modality it is meant for (a session never swaps it for a "
+        "variant on images of that modality)",
+    )
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="MODALITY=MODEL",
+        help="record in the written model the model a session uses instead on images of MODALITY (CT or MR; "
+        "a bundled model name or a checkpoint path), e.g. MR=default-mr; repeatable",
+    )
+    p.add_argument("--model-version", metavar="NAME", help="record this version name in the written model")
+    p.add_argument(
+        "--source",
+        metavar="TEXT",
+        help="record TEXT as the written model's source (default: the file MODEL was read from)",
+    )
 
     _add_cases_parser(sub)
     _add_train_parser(sub)

@@ -113,6 +113,7 @@ class InferenceWorker:
         # worker-thread state
         self._model = None
         self._modelVersion = ""
+        self._sessionModelVersion = ""  # the version of the model the session segments with
         self._image = None
         self._session = None
         self._applied: dict[str, tuple[Click, ...]] = {}
@@ -258,6 +259,7 @@ class InferenceWorker:
             self._session = InteractiveSession(
                 self._model, self._image, self.sessionConfig or SessionConfig()
             )
+            self._sessionModelVersion = self._versionOf(self._session)
         return self._session
 
     def _reach(self, session, organ: str, target: tuple[Click, ...]):
@@ -288,7 +290,8 @@ class InferenceWorker:
             self._emit(WorkerResult(ERROR, jobId, organ, clicks=clicks, message=_message(exc)))
             self._restore(session, organ, previous)
             return
-        self._emit(WorkerResult(MASK, jobId, organ, result, clicks, modelVersion=self._modelVersion))
+        version = self._sessionModelVersion
+        self._emit(WorkerResult(MASK, jobId, organ, result, clicks, modelVersion=version))
         with self._cond:
             if self._newerPromptsQueued(organ) or not clicks:
                 return
@@ -307,9 +310,18 @@ class InferenceWorker:
                 clicks,
                 float(confidence),
                 crop,
-                modelVersion=self._modelVersion,
+                modelVersion=version,
             )
         )
+
+    def _versionOf(self, session) -> str:
+        """The version label of the model the session segments with: the chosen model's, or the name of the
+        variant it names for the volume's modality (the bundled default's MR weights: ``default-mr``)."""
+        if session.model is self._model:
+            return self._modelVersion
+        from pesf.models.variants import guess_modality, variant_name
+
+        return variant_name(self._model, guess_modality(self._image.array)) or self._modelVersion
 
     def _restore(self, session, organ: str, previous: tuple[Click, ...]) -> None:
         """After a failure, put the organ's clicks back as they were (cheap: embeddings are cached)."""

@@ -193,8 +193,22 @@ def build_table(reports: dict[tuple[str, str], dict]) -> dict[str, Any]:
     }
 
 
-def to_markdown(table: dict[str, Any], model: dict[str, Any]) -> str:
-    """The table as markdown, with the correlation and latency lines under it."""
+def _model_line(models: dict[str, dict[str, Any]]) -> str:
+    """Which model segmented which datasets (the bundled default uses its MR weights on MR)."""
+    by_source: dict[str, list[str]] = {}
+    for title, model in models.items():
+        key = f"{model.get('source')} ({model.get('name')}, trained: {model.get('trained')})"
+        titles = by_source.setdefault(key, [])
+        if title.split(" (")[0] not in titles:
+            titles.append(title.split(" (")[0])
+    if len(by_source) == 1:
+        return f"Model: {next(iter(by_source))}"
+    return "Models: " + "; ".join(f"{key} on {', '.join(titles)}" for key, titles in by_source.items())
+
+
+def to_markdown(table: dict[str, Any], models: dict[str, dict[str, Any]]) -> str:
+    """The table as markdown, with the correlation and latency lines under it; ``models``: each dataset's
+    model (its report's ``model``) by dataset title."""
     head = ["dataset", "organ", "seen in training"]
     head += [f"ours Dice@{c}" for c in CLICKS] + [f"growcut Dice@{c}" for c in CLICKS]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * 2 * len(CLICKS)) + "|"]
@@ -226,8 +240,7 @@ def to_markdown(table: dict[str, Any], model: dict[str, Any]) -> str:
     lat = table["latency_s"]
     lines += [
         "",
-        f"Model: {model.get('source')} ({model.get('name')}, trained: {model.get('trained')}); "
-        f"clicks simulated with seed {SEED}.",
+        _model_line(models) + f"; clicks simulated with seed {SEED}.",
         "Confidence vs true Dice, Spearman rank correlation over "
         f"{table['entries']} (organ, click) entries: "
         + ("n/a (constant values)" if rho is None else f"rho = {rho:.3f} (p = {p:.2g})")
@@ -279,15 +292,16 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
     table = build_table(reports)
-    model = next((r.get("model") for r in reports.values() if r.get("model")), {}) or {}
-    markdown = to_markdown(table, model)
+    titles = {d.key: d.title for d in DATASETS}
+    models = {titles[k]: r["model"] for (k, m), r in reports.items() if m == "pesf" and r.get("model")}
+    markdown = to_markdown(table, models)
     print(markdown)
     if args.markdown:
         write_text_atomic(args.markdown, markdown + "\n")
     if args.out:
         document = {
             **table,
-            "model": model,
+            "models": models,
             "clicks": list(CLICKS),
             "seed": SEED,
             "seconds": round(time.perf_counter() - started, 1),

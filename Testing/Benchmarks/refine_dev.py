@@ -17,6 +17,12 @@ Each row is one way of segmenting: ``model`` (the model alone, ``refine=None``),
 users get it) and ``growcut`` (Slicer's Grow from seeds with the same clicks). ``--refine FIELD=VALUE`` (any
 field of :class:`~pesf.interactive.refine.RefineConfig`, repeatable) adds a row with those widths changed, to
 try a variant against the default on the same clicks.
+
+As users get it, ``--model default`` segments the MR structures with the default model's MR weights
+(``default-mr``; see :mod:`pesf.models.variants`): refine 0.610 / 0.665 / 0.728 over all 24, MR
+0.556 / 0.638 / 0.708. A checkpoint that names no variants (such as ``default-7``'s weights before the pair)
+segments every set with itself: refine 0.564 / 0.657 / 0.712, MR 0.432 / 0.617 / 0.667. This is how the MR
+weights were chosen (``Resources/Models/README.md``).
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ def run_train_confidence(args: argparse.Namespace) -> int:
     from pesf.train.samples import AugmentConfig, prepare_sample
 
     out = check_output_path(args.out, "model")
+    variants = _variants(getattr(args, "variant", None) or [])
     if args.regions_per_organ < 1:
         raise PesfError(f"--regions-per-organ must be at least 1, got {args.regions_per_organ}")
     # regions as inference makes them: the first centred on a first click, the others augmented and
@@ -88,7 +89,14 @@ def run_train_confidence(args: argparse.Namespace) -> int:
         },
     )
     metadata = dict(model.metadata or {})
-    metadata["source"] = f"{info.get('source')}; confidence module trained on {len(pairs)} regions"
+    source = getattr(args, "source", None) or info.get("source")
+    metadata["source"] = f"{source}; confidence module trained on {len(pairs)} regions"
+    if getattr(args, "modality", None):
+        metadata["modality"] = args.modality
+    if variants:
+        metadata["variants"] = {**(metadata.get("variants") or {}), **variants}
+    if getattr(args, "model_version", None):
+        metadata["model_version"] = args.model_version
     save_checkpoint(model, out, metadata=metadata)
     spearman = metrics.get("val_spearman")
     unmapped = metrics.get("val_mae_unmapped")
@@ -116,3 +124,19 @@ def _augmentation(path: str | None, base: dict) -> tuple[Any, dict]:
         return AugmentConfig.from_overrides(merged), merged
     except ValueError as exc:
         raise PesfError(f"augmentation file {path}: {exc}") from None
+
+
+def _variants(items: list[str]) -> dict[str, str]:
+    """``--variant MODALITY=MODEL`` options as ``{modality: model}``."""
+    from pesf.errors import PesfError
+
+    variants = {}
+    for item in items:
+        modality, sep, model = item.partition("=")
+        modality = modality.strip().upper()
+        if not sep or modality not in ("CT", "MR") or not model.strip():
+            raise PesfError(
+                f"--variant {item!r}: write MODALITY=MODEL with MODALITY CT or MR, e.g. MR=default-mr"
+            )
+        variants[modality] = model.strip()
+    return variants

@@ -46,9 +46,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
         }
     else:
         from pesf.interactive import InteractiveSession, SessionConfig
-        from pesf.models import load_model, model_info
+        from pesf.models import load_model, model_for_image, model_info
 
-        model = load_model(model_name or "default")
+        model = model_for_image(load_model(model_name or "default"), image.array)  # as the session would
         config = SessionConfig(refine=None) if no_refine else SessionConfig()
 
         def factory():

@@ -80,7 +80,7 @@ def run_segment(args: argparse.Namespace) -> int:
     steps["write_s"] = time.perf_counter() - t0
 
     if report_path is not None:
-        info = model_info(model)
+        info = model_info(session.model)  # the variant for the image's modality, if the model names one
         write_json_atomic(
             report_path,
             {

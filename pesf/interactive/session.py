@@ -41,6 +41,7 @@ from pesf.interactive.resample import resample_affine
 from pesf.interactive.result import OrganResult
 from pesf.interactive.roi import Region, make_region
 from pesf.io.volume import Volume
+from pesf.models.variants import model_for_image
 
 __all__ = ["InteractiveSession", "SessionConfig"]
 
@@ -82,6 +83,9 @@ class SessionConfig:
             one click and lost up to 0.023 after three. Since the refinement's working box holds every voxel
             the model is unsure of, +1 gains 0.006, 0.027 and 0.008 after one click and changes the mean over
             the three slabs by +0.006 after three clicks and -0.002 after five.
+        match_modality: use the variant the model names for the image's modality, if it names one (the bundled
+            default model names its MR weights, ``default-mr``; see :mod:`pesf.models.variants`). ``False``
+            keeps the model as given on every image.
         seed: seed of the click perturbation.
     """
 
@@ -97,6 +101,7 @@ class SessionConfig:
     refine: RefineConfig | None = field(default_factory=RefineConfig)
     thin_scan_mm: float = 30.0
     thin_scan_offset: float = 1.0
+    match_modality: bool = True
     seed: int = 0
 
 
@@ -138,7 +143,8 @@ class InteractiveSession:
         model: a SAM-Med3D-compatible module with ``image_encoder``, ``prompt_encoder`` and
             ``mask_decoder`` (see :func:`pesf.load_model`); an optional ``confidence_module`` taking
             ``(image_embedding (B, C, 8, 8, 8), low_res_logits (B, 1, 32, 32, 32))`` and returning the
-            predicted Dice ``(B,)`` gives the organ score.
+            predicted Dice ``(B,)`` gives the organ score. The session's ``model`` is the variant this one
+            names for the image's modality, if any (``config.match_modality``).
         image: the input volume.
         config: session settings.
         device: torch device; default the model's.
@@ -151,9 +157,11 @@ class InteractiveSession:
         config: SessionConfig | None = None,
         device: torch.device | str | None = None,
     ) -> None:
+        self.config = config or SessionConfig()
+        if self.config.match_modality:
+            model = model_for_image(model, image.array)
         self.model = model.eval()
         self.image = image
-        self.config = config or SessionConfig()
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self._image_tensor = torch.from_numpy(np.ascontiguousarray(image.array, dtype=np.float32))
         self._regions: OrderedDict[int, Region] = OrderedDict()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from .checkpoint import available_models, load_model, model_info, save_checkpoint
 from .config import CONFIGS, DEFAULT_CONFIG, SamConfig, get_config
 from .sam3d import Sam3D, build_model
+from .variants import guess_modality, model_for_image
 
 __all__ = [
     "CONFIGS",
@@ -14,7 +15,9 @@ __all__ = [
     "available_models",
     "build_model",
     "get_config",
+    "guess_modality",
     "load_model",
+    "model_for_image",
     "model_info",
     "save_checkpoint",
 ]

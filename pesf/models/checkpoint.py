@@ -36,7 +36,15 @@ from .confidence import confidence_module_from_state
 from .config import CONFIGS, DEFAULT_CONFIG, SamConfig, get_config
 from .sam3d import Sam3D, build_model
 
-__all__ = ["FORMAT", "available_models", "load_model", "model_info", "read_checkpoint", "save_checkpoint"]
+__all__ = [
+    "FORMAT",
+    "available_models",
+    "load_model",
+    "model_info",
+    "read_checkpoint",
+    "resolve_reference",
+    "save_checkpoint",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -226,6 +234,18 @@ def available_models() -> list[str]:
     folder = models_dir()
     names = {p.stem for p in folder.glob("*.pt")} if folder.is_dir() else set()
     return sorted(names | {"default"})
+
+
+def resolve_reference(model: str | Path) -> Path | None:
+    """The file a model reference (a path or a bundled model's name) reads, or ``None`` for a name without a
+    bundled file (``default`` before a model is bundled, ``scratch:...``)."""
+    if isinstance(model, str) and model.startswith("scratch:"):
+        return None
+    path, name = _resolve(model)
+    if name is None:
+        return path
+    bundled = models_dir() / f"{name}.pt"
+    return bundled if bundled.is_file() else None
 
 
 def _resolve(model: str | Path) -> tuple[Path | None, str | None]:

@@ -1,0 +1,133 @@
+"""A model's variants for other modalities: the modality guess, and the session's swap to the variant."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pesf.errors import PesfError
+from pesf.interactive import InteractiveSession, SessionConfig
+from pesf.io import read_volume
+from pesf.io.volume import Volume
+from pesf.models import build_model, guess_modality, load_model, model_for_image, save_checkpoint
+from pesf.resources import models_dir, sample_data_dir
+
+
+@pytest.fixture(autouse=True)
+def _two_threads() -> None:
+    torch.set_num_threads(2)
+
+
+@pytest.mark.parametrize(
+    ("path", "modality"),
+    [
+        ("A_ts_ct/A_ct_full_image.nii.gz", "CT"),
+        ("A_ts_ct/A_ct_sm_image.nii.gz", "CT"),
+        ("E_dcmqi_ct3slice/E_ct_dicom", "CT"),
+        ("G_deeplesion_ct_unlabeled/G_DeepLesion_000015_01_01_slices103-115.nii.gz", "CT"),
+        ("C_ts_mr/C_mr_image.nii.gz", "MR"),
+    ],
+)
+def test_the_sample_volumes_modality_is_guessed(path: str, modality: str):
+    assert guess_modality(read_volume(sample_data_dir() / path).array) == modality
+
+
+def test_modality_guess_reads_air_not_the_minimum():
+    """A few negative voxels (MR ringing, a CT's padding in a corner) do not decide: air in HU does."""
+    rng = np.random.default_rng(0)
+    mr = rng.uniform(0, 800, size=(40, 40, 20))
+    mr[:2, :2, :2] = -3000  # 80 voxels of 32,000
+    assert guess_modality(mr) == "MR"
+    ct = rng.uniform(-100, 300, size=(40, 40, 20))
+    ct[:10] = -1000  # air around the body
+    assert guess_modality(ct) == "CT"
+    assert (
+        guess_modality(ct - ct.min()) == "MR"
+    )  # a CT stored without its HU rescale reads as MR (documented)
+    with pytest.raises(PesfError, match="empty image"):
+        guess_modality(np.zeros((0, 3, 3)))
+
+
+@pytest.fixture
+def paired(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """Bundled models ``pair`` (CT, naming ``pair-mr`` for MR) and ``pair-mr``, in a temporary Resources."""
+    models = tmp_path / "Resources" / "Models"
+    models.mkdir(parents=True)
+    monkeypatch.setenv("PESF_RESOURCES", str(tmp_path / "Resources"))
+    ct = save_checkpoint(
+        build_model("tiny", seed=1),
+        models / "pair.pt",
+        metadata={"modality": "CT", "variants": {"MR": "pair-mr"}},
+    )
+    mr = save_checkpoint(build_model("tiny", seed=2), models / "pair-mr.pt", metadata={"modality": "MR"})
+    return {"ct": ct, "mr": mr}
+
+
+def _volume(modality: str) -> Volume:
+    rng = np.random.default_rng(1)
+    array = rng.uniform(0, 400, size=(48, 48, 24)).astype(np.float32)
+    if modality == "CT":
+        array[:, :8] = -1000.0
+    return Volume(array, spacing=np.array([1.5, 1.5, 3.0]))
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    return all(
+        torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    )
+
+
+def test_a_session_uses_the_models_variant_for_the_images_modality(paired: dict[str, Path]):
+    model = load_model("pair")
+    mr_weights = load_model("pair-mr")
+    on_mr = InteractiveSession(model, _volume("MR"))
+    assert on_mr.model.metadata["modality"] == "MR" and "pair-mr" in on_mr.model.source
+    assert _same_weights(on_mr.model, mr_weights)
+    on_mr.add_click("organ", (24, 24, 12))  # the variant segments
+    assert on_mr.model is InteractiveSession(model, _volume("MR")).model  # loaded once, shared
+    on_ct = InteractiveSession(model, _volume("CT"))
+    assert on_ct.model is model
+    kept = InteractiveSession(model, _volume("MR"), SessionConfig(match_modality=False))
+    assert kept.model is model
+    # a model meant for MR, or one that names no variant, is used as given
+    assert model_for_image(mr_weights, _volume("MR").array) is mr_weights
+    assert model_for_image(mr_weights, _volume("CT").array) is mr_weights
+    plain = build_model("tiny", seed=3)
+    assert model_for_image(plain, _volume("MR").array) is plain
+
+
+def test_a_missing_variant_is_a_clear_error(paired: dict[str, Path]):
+    model = load_model("pair")
+    paired["mr"].unlink()
+    with pytest.raises(PesfError, match=r"variant for MR images \(pair-mr\) cannot be loaded"):
+        InteractiveSession(model, _volume("MR"))
+    assert InteractiveSession(model, _volume("CT")).model is model  # CT images still work
+
+
+def test_a_replaced_variant_file_is_read_again(paired: dict[str, Path]):
+    model = load_model("pair")
+    first = model_for_image(model, _volume("MR").array)
+    save_checkpoint(build_model("tiny", seed=4), paired["mr"], metadata={"modality": "MR"})
+    second = model_for_image(model, _volume("MR").array)
+    assert second is not first and not _same_weights(first, second)
+
+
+def test_the_bundled_default_model_names_its_mr_weights():
+    """The bundled default is the CT model and names ``default-mr`` for MR images; both are bundled, each with
+    its confidence module, and the sample MR gets the MR weights."""
+    default = load_model("default")
+    assert default.metadata["modality"] == "CT"
+    assert default.metadata["variants"] == {"MR": "default-mr"}
+    mr = load_model("default-mr")
+    assert mr.metadata["modality"] == "MR"
+    assert default.confidence_module is not None and mr.confidence_module is not None
+    assert not _same_weights(default, mr)
+    sample_mr = read_volume(sample_data_dir() / "C_ts_mr/C_mr_image.nii.gz")
+    assert "default-mr" in InteractiveSession(default, sample_mr).model.source
+    sample_ct = read_volume(sample_data_dir() / "A_ts_ct/A_ct_sm_image.nii.gz")
+    assert InteractiveSession(default, sample_ct).model is default
+    # the pair stays within the bundled weights' budget
+    assert sum(p.stat().st_size for p in models_dir().glob("*.pt")) < 30 * 1024**2

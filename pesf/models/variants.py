@@ -1,0 +1,98 @@
+"""A model's variants for other modalities: the bundled default brings its own weights for MR.
+
+A checkpoint may name, in its metadata, the model to use instead on images of another modality::
+
+    {"modality": "CT", "variants": {"MR": "default-mr"}}
+
+Values are bundled model names or checkpoint paths (anything :func:`~pesf.models.load_model` takes). The
+bundled default model does this: ``default`` (CT) names ``default-mr``, trained for MR-like contrast (see
+``Resources/Models/README.md``), as TotalSegmentator ships separate CT and MR tasks. An interactive session
+swaps to the variant for its image (``SessionConfig.match_modality``); a model without variants is used as it
+is on every image.
+
+The modality is guessed from the voxels, as most files carry no modality tag that survives conversion: a CT
+holds air (about -1000 HU), so its 1st percentile lies far below zero, while MR intensities are not negative
+(apart from small reconstruction ringing). A CT stored without its rescale to HU (air at 0) or cropped to
+soft tissue reads as MR and gets the MR weights: store CTs in HU, as DICOM readers and converters do, or
+create the session with ``SessionConfig(match_modality=False)``, which keeps the model it is given.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import numpy as np
+import torch
+
+from pesf.errors import PesfError
+
+__all__ = ["CT_AIR_PERCENTILE_HU", "guess_modality", "model_for_image", "variant_name"]
+
+logger = logging.getLogger(__name__)
+
+CT_AIR_PERCENTILE_HU = -500.0
+"""An image whose 1st percentile lies below this is a CT (in HU: air -1000, lung -900 to -500, fat -100)."""
+
+_SAMPLES = 1_000_000
+_cache: dict[tuple[str, int | None, str], torch.nn.Module] = {}
+_cache_lock = threading.Lock()
+
+
+def guess_modality(array: np.ndarray) -> str:
+    """``"CT"`` or ``"MR"`` for an image's voxels (see the module description).
+
+    Args:
+        array: the image's voxels (any shape); at most about a million of them, evenly spaced, are read.
+    """
+    flat = np.asarray(array).reshape(-1)
+    if flat.size == 0:
+        raise PesfError("cannot tell the modality of an empty image")
+    step = max(1, flat.size // _SAMPLES)
+    low = float(np.percentile(flat[::step], 1.0))
+    return "CT" if low < CT_AIR_PERCENTILE_HU else "MR"
+
+
+def variant_name(model: torch.nn.Module, modality: str) -> str | None:
+    """The variant ``model``'s metadata names for ``modality``, or ``None`` when it is meant for it already
+    or names none."""
+    metadata: dict[str, Any] = getattr(model, "metadata", None) or {}
+    if str(metadata.get("modality", "")).upper() == modality:
+        return None
+    variants = metadata.get("variants")
+    if not isinstance(variants, dict):
+        return None
+    name = variants.get(modality)
+    return str(name) if name else None
+
+
+def model_for_image(model: torch.nn.Module, array: np.ndarray) -> torch.nn.Module:
+    """``model``, or the variant its metadata names for the modality of ``array`` (loaded once, on the
+    model's device, and shared).
+
+    Raises:
+        PesfError: the variant cannot be loaded (a missing or damaged file).
+    """
+    modality = guess_modality(array)
+    name = variant_name(model, modality)
+    if name is None:
+        return model
+    from pesf.models.checkpoint import load_model, resolve_reference
+
+    device = next(model.parameters()).device
+    path = resolve_reference(name)
+    stamp = path.stat().st_mtime_ns if path is not None and path.is_file() else None
+    key = (str(path or name), stamp, str(device))
+    with _cache_lock:
+        variant = _cache.get(key)
+        if variant is None:
+            try:
+                variant = load_model(name, device=device)
+            except PesfError as exc:
+                raise PesfError(
+                    f"the model's variant for {modality} images ({name}) cannot be loaded: {exc}"
+                ) from None
+            _cache[key] = variant
+    logger.info("the image looks like %s: using the model's variant %s", modality, name)
+    return variant
