@@ -907,11 +907,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pesf.io import write_json_atomic
+
     args = _parse_args(argv)
     if args.child is not None:  # a variant in its own process
         spec = json.loads(Path(args.child[0]).read_text(encoding="utf-8"))
         result = run_variant(spec)
-        Path(args.child[1]).write_text(json.dumps(result), encoding="utf-8")
+        write_json_atomic(args.child[1], result)  # the parent reads it once the child has exited
         return 0
     out = args.out.expanduser().resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -942,7 +944,7 @@ def main(argv: list[str] | None = None) -> int:
             eval_seen=args.eval_seen,
         )
         report["command"] = ["ablation.py", *(sys.argv[1:] if argv is None else argv)]
-        out.write_text(json.dumps(report, indent=1), encoding="utf-8")
+        write_json_atomic(out, report, indent=1)  # an interrupted run never leaves half a report
     finally:
         if temporary:
             shutil.rmtree(work, ignore_errors=True)
