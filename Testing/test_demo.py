@@ -248,3 +248,34 @@ def test_slab_benchmark_splits_slices_in_place():
         assert np.allclose(sub.index_to_lps([0, 0, 1]), one.index_to_lps([0, 0, 0]))
         assert np.allclose(sub.index_to_lps([0, 0, -0.5]), one.index_to_lps([0, 0, -0.5]))
         assert np.allclose(sub.index_to_lps([0, 0, 2.5]), one.index_to_lps([0, 0, 0.5]))
+
+
+def test_evaluation_table_averages_the_simulated_users():
+    """``eval_table.py --seeds K``: each row's Dice is the mean over the seeds' reports, and the confidence
+    correlation and latency take every seed's clicks."""
+    table = _benchmark("eval_table")
+    dataset = next(d for d in table.DATASETS if d.key == "c")
+
+    def report(seed: int, method: str) -> dict:
+        organs = {}
+        for n, name in enumerate(dataset.organs):
+            dice = [0.1 * (n + 1) + 0.1 * seed + 0.01 * c for c in range(5)]
+            organs[name] = {
+                "dice": dice,
+                "clicks": [[0, 0, 0, True]] * 5,
+                "confidence": [0.5 + 0.05 * c for c in range(5)] if method == "pesf" else [None] * 5,
+                "latency_s": [0.1 * (seed + 1)] * 5,
+            }
+        return {"organs": organs}
+
+    reports = {("c", m, seed): report(seed, m) for m in ("pesf", "growcut") for seed in (0, 1)}
+    built = table.build_table(reports)
+    first = built["rows"][0]
+    assert first["ours"] == [round(0.15 + 0.01 * (c - 1), 4) for c in table.CLICKS]
+    assert first["growcut"] == first["ours"] and "model" not in first
+    assert built["entries"] == 2 * 5 * len(dataset.organs)
+    assert built["latency_s"]["pesf"] == pytest.approx(0.15)
+    one = table.build_table({(k, m): r for (k, m, seed), r in reports.items() if seed == 0})
+    assert one["rows"][0]["ours"] == [round(0.1 + 0.01 * (c - 1), 4) for c in table.CLICKS]
+    text = table.to_markdown(built, {}, [0, 1])
+    assert "mean over 2 simulated users (click seeds 0-1)" in text

@@ -2,9 +2,10 @@
 
 Regenerate it with one command::
 
-    python Testing/Benchmarks/eval_table.py [--model default] [--out eval_table.json] [--markdown eval_table.md]
+    python Testing/Benchmarks/eval_table.py [--model default] [--seeds 1] [--out eval_table.json] [--markdown eval_table.md]
 
-It runs ``pesf evaluate`` (5 clicks, seed 0; Dice after clicks 1, 3 and 5 of one run is what separate runs
+It runs ``pesf evaluate`` (5 clicks, seed 0, or seeds 0..K-1 with ``--seeds K``, each row then the mean over
+them; Dice after clicks 1, 3 and 5 of one run is what separate runs
 with 1, 3 and 5 clicks would give, since clicks only depend on the clicks and predictions before them) with
 ``--method pesf`` (the session as users get it: the model, its mask refined by the image from an organ's
 first click on), with ``--method pesf --no-refine`` (the model alone) and with ``--method growcut`` on:
@@ -108,13 +109,16 @@ METHODS = ("pesf", "model", "growcut")
 image (``pesf evaluate --no-refine``); ``growcut`` Slicer's Grow from seeds."""
 
 
-def run_evaluate(dataset: Dataset, method: str, model: str, threads: int | None, folder: Path) -> dict:
-    """``pesf evaluate`` on one dataset with one of :data:`METHODS`; returns its JSON report."""
+def run_evaluate(
+    dataset: Dataset, method: str, model: str, threads: int | None, folder: Path, seed: int = SEED
+) -> dict:
+    """``pesf evaluate`` on one dataset with one of :data:`METHODS` and one seed of the simulated user;
+    returns its JSON report."""
     from pesf.cli import main
     from pesf.resources import sample_data_dir
 
     root = sample_data_dir()
-    out = folder / f"{dataset.key}-{method}.json"
+    out = folder / f"{dataset.key}-{method}-{seed}.json"
     organs = ",".join(f"{n}={v}" for n, v in dataset.organs.items())
     argv = ["--threads", str(threads)] if threads else []
     argv += [
@@ -126,7 +130,7 @@ def run_evaluate(dataset: Dataset, method: str, model: str, threads: int | None,
         "--clicks",
         str(max(CLICKS)),
         "--seed",
-        str(SEED),
+        str(seed),
         "--method",
         "growcut" if method == "growcut" else "pesf",
         "--out",
@@ -148,37 +152,46 @@ def _dice_at(organ: dict[str, Any], click: int) -> float:
     return float(organ["dice"][click - 1])
 
 
-def build_table(reports: dict[tuple[str, str], dict]) -> dict[str, Any]:
-    """Rows, the confidence/Dice rank correlation and latencies from the reports by (dataset, method)."""
+def build_table(reports: dict[tuple, dict]) -> dict[str, Any]:
+    """Rows, the confidence/Dice rank correlation and latencies from the reports by (dataset, method) or
+    (dataset, method, seed); a row's Dice is the mean over the seeds."""
     from scipy.stats import spearmanr
 
+    by_run: dict[tuple[str, str], list[dict]] = {}
+    for key, report in reports.items():
+        by_run.setdefault((key[0], key[1]), []).append(report)
     rows = []
     confidences, dices = [], []
     latency: dict[str, list[float]] = {"pesf": [], "growcut": []}
+
+    def mean_dice(runs: list[dict], name: str) -> list[float]:
+        return [round(float(np.mean([_dice_at(r["organs"][name], c) for r in runs])), 4) for c in CLICKS]
+
     for dataset in DATASETS:
-        if (dataset.key, "pesf") not in reports:
+        if (dataset.key, "pesf") not in by_run:
             continue
-        ours, theirs = reports[(dataset.key, "pesf")], reports[(dataset.key, "growcut")]
-        alone = reports.get((dataset.key, "model"))
+        ours, theirs = by_run[(dataset.key, "pesf")], by_run[(dataset.key, "growcut")]
+        alone = by_run.get((dataset.key, "model"))
         for name in dataset.organs:
-            o, g = ours["organs"][name], theirs["organs"][name]
             row = {
                 "dataset": dataset.title,
                 "organ": name,
                 "seen": dataset.seen(name),
-                "ours": [round(_dice_at(o, c), 4) for c in CLICKS],
-                "growcut": [round(_dice_at(g, c), 4) for c in CLICKS],
+                "ours": mean_dice(ours, name),
+                "growcut": mean_dice(theirs, name),
             }
             if alone is not None:
-                row["model"] = [round(_dice_at(alone["organs"][name], c), 4) for c in CLICKS]
+                row["model"] = mean_dice(alone, name)
             rows.append(row)
-            made = len(o["clicks"])
-            for conf, d in zip(o["confidence"][:made], o["dice"][:made], strict=True):
-                if conf is not None:
-                    confidences.append(float(conf))
-                    dices.append(float(d))
-            latency["pesf"] += o["latency_s"][:made]
-            latency["growcut"] += g["latency_s"][: len(g["clicks"])]
+            for o, g in zip(ours, theirs, strict=True):
+                o, g = o["organs"][name], g["organs"][name]
+                made = len(o["clicks"])
+                for conf, d in zip(o["confidence"][:made], o["dice"][:made], strict=True):
+                    if conf is not None:
+                        confidences.append(float(conf))
+                        dices.append(float(d))
+                latency["pesf"] += o["latency_s"][:made]
+                latency["growcut"] += g["latency_s"][: len(g["clicks"])]
     rho, p = (math.nan, math.nan)
     if len(confidences) >= 3 and np.ptp(confidences) > 0 and np.ptp(dices) > 0:
         result = spearmanr(confidences, dices)
@@ -206,9 +219,11 @@ def _model_line(models: dict[str, dict[str, Any]]) -> str:
     return "Models: " + "; ".join(f"{key} on {', '.join(titles)}" for key, titles in by_source.items())
 
 
-def to_markdown(table: dict[str, Any], models: dict[str, dict[str, Any]]) -> str:
+def to_markdown(
+    table: dict[str, Any], models: dict[str, dict[str, Any]], seeds: tuple[int, ...] | list[int] = (SEED,)
+) -> str:
     """The table as markdown, with the correlation and latency lines under it; ``models``: each dataset's
-    model (its report's ``model``) by dataset title."""
+    model (its report's ``model``) by dataset title; ``seeds``: the click seeds each Dice is the mean over."""
     head = ["dataset", "organ", "seen in training"]
     head += [f"ours Dice@{c}" for c in CLICKS] + [f"growcut Dice@{c}" for c in CLICKS]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * 2 * len(CLICKS)) + "|"]
@@ -240,7 +255,12 @@ def to_markdown(table: dict[str, Any], models: dict[str, dict[str, Any]]) -> str
     lat = table["latency_s"]
     lines += [
         "",
-        _model_line(models) + f"; clicks simulated with seed {SEED}.",
+        _model_line(models)
+        + (
+            f"; clicks simulated with seed {seeds[0]}."
+            if len(seeds) == 1
+            else f"; each Dice the mean over {len(seeds)} simulated users (click seeds {seeds[0]}-{seeds[-1]})."
+        ),
         "Confidence vs true Dice, Spearman rank correlation over "
         f"{table['entries']} (organ, click) entries: "
         + ("n/a (constant values)" if rho is None else f"rho = {rho:.3f} (p = {p:.2g})")
@@ -273,19 +293,30 @@ def main(argv: list[str] | None = None) -> int:
         help="datasets to run (default: all)",
     )
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        metavar="K",
+        help="simulated users (click seeds 0..K-1); each row is the mean over them (default: 1, seed 0)",
+    )
     args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error("--seeds must be at least 1")
+    seeds = list(range(args.seeds))
 
     from pesf.io import write_json_atomic, write_text_atomic
 
     started = time.perf_counter()
-    reports: dict[tuple[str, str], dict] = {}
+    reports: dict[tuple[str, str, int], dict] = {}
     with tempfile.TemporaryDirectory(prefix="pesf-eval-table-") as tmp:
         for dataset in (d for d in DATASETS if d.key in args.datasets):
             for method in METHODS:
                 t0 = time.perf_counter()
-                reports[(dataset.key, method)] = run_evaluate(
-                    dataset, method, args.model, args.threads, Path(tmp)
-                )
+                for seed in seeds:
+                    reports[(dataset.key, method, seed)] = run_evaluate(
+                        dataset, method, args.model, args.threads, Path(tmp), seed
+                    )
                 print(
                     f"{dataset.title}: {method} done in {time.perf_counter() - t0:.0f} s",
                     file=sys.stderr,
@@ -293,8 +324,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
     table = build_table(reports)
     titles = {d.key: d.title for d in DATASETS}
-    models = {titles[k]: r["model"] for (k, m), r in reports.items() if m == "pesf" and r.get("model")}
-    markdown = to_markdown(table, models)
+    models = {titles[k]: r["model"] for (k, m, _), r in reports.items() if m == "pesf" and r.get("model")}
+    markdown = to_markdown(table, models, seeds)
     print(markdown)
     if args.markdown:
         write_text_atomic(args.markdown, markdown + "\n")
@@ -303,9 +334,9 @@ def main(argv: list[str] | None = None) -> int:
             **table,
             "models": models,
             "clicks": list(CLICKS),
-            "seed": SEED,
+            "seeds": seeds,
             "seconds": round(time.perf_counter() - started, 1),
-            "reports": {f"{k}-{m}": r for (k, m), r in reports.items()},
+            "reports": {f"{k}-{m}-{seed}": r for (k, m, seed), r in reports.items()},
         }
         write_json_atomic(args.out, document)
     return 0
