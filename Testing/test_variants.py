@@ -85,11 +85,12 @@ def test_a_session_uses_the_models_variant_for_the_images_modality(paired: dict[
     mr_weights = load_model("pair-mr")
     on_mr = InteractiveSession(model, _volume("MR"))
     assert on_mr.model.metadata["modality"] == "MR" and "pair-mr" in on_mr.model.source
+    assert on_mr.variant == "pair-mr"
     assert _same_weights(on_mr.model, mr_weights)
     on_mr.add_click("organ", (24, 24, 12))  # the variant segments
     assert on_mr.model is InteractiveSession(model, _volume("MR")).model  # loaded once, shared
     on_ct = InteractiveSession(model, _volume("CT"))
-    assert on_ct.model is model
+    assert on_ct.model is model and on_ct.variant is None
     kept = InteractiveSession(model, _volume("MR"), SessionConfig(match_modality=False))
     assert kept.model is model
     # a model meant for MR, or one that names no variant, is used as given

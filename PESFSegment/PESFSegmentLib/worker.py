@@ -259,7 +259,9 @@ class InferenceWorker:
             self._session = InteractiveSession(
                 self._model, self._image, self.sessionConfig or SessionConfig()
             )
-            self._sessionModelVersion = self._versionOf(self._session)
+            # the version of the model it segments with: the chosen one's, or the variant's name the chosen
+            # model names for the volume's modality (the bundled default's MR weights: ``default-mr``)
+            self._sessionModelVersion = self._session.variant or self._modelVersion
         return self._session
 
     def _reach(self, session, organ: str, target: tuple[Click, ...]):
@@ -313,15 +315,6 @@ class InferenceWorker:
                 modelVersion=version,
             )
         )
-
-    def _versionOf(self, session) -> str:
-        """The version label of the model the session segments with: the chosen model's, or the name of the
-        variant it names for the volume's modality (the bundled default's MR weights: ``default-mr``)."""
-        if session.model is self._model:
-            return self._modelVersion
-        from pesf.models.variants import guess_modality, variant_name
-
-        return variant_name(self._model, guess_modality(self._image.array)) or self._modelVersion
 
     def _restore(self, session, organ: str, previous: tuple[Click, ...]) -> None:
         """After a failure, put the organ's clicks back as they were (cheap: embeddings are cached)."""

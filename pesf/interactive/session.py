@@ -41,7 +41,7 @@ from pesf.interactive.resample import resample_affine
 from pesf.interactive.result import OrganResult
 from pesf.interactive.roi import Region, make_region
 from pesf.io.volume import Volume
-from pesf.models.variants import model_for_image
+from pesf.models.variants import resolve_variant
 
 __all__ = ["InteractiveSession", "SessionConfig"]
 
@@ -144,7 +144,7 @@ class InteractiveSession:
             ``mask_decoder`` (see :func:`pesf.load_model`); an optional ``confidence_module`` taking
             ``(image_embedding (B, C, 8, 8, 8), low_res_logits (B, 1, 32, 32, 32))`` and returning the
             predicted Dice ``(B,)`` gives the organ score. The session's ``model`` is the variant this one
-            names for the image's modality, if any (``config.match_modality``).
+            names for the image's modality, if any (``config.match_modality``), and ``variant`` its name.
         image: the input volume.
         config: session settings.
         device: torch device; default the model's.
@@ -158,8 +158,9 @@ class InteractiveSession:
         device: torch.device | str | None = None,
     ) -> None:
         self.config = config or SessionConfig()
+        self.variant: str | None = None  # the name of the model's variant the session uses, if any
         if self.config.match_modality:
-            model = model_for_image(model, image.array)
+            model, self.variant = resolve_variant(model, image.array)
         self.model = model.eval()
         self.image = image
         self.device = torch.device(device) if device is not None else next(model.parameters()).device

@@ -28,7 +28,7 @@ import torch
 
 from pesf.errors import PesfError
 
-__all__ = ["CT_AIR_PERCENTILE_HU", "guess_modality", "model_for_image", "variant_name"]
+__all__ = ["CT_AIR_PERCENTILE_HU", "guess_modality", "model_for_image", "resolve_variant", "variant_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +68,13 @@ def variant_name(model: torch.nn.Module, modality: str) -> str | None:
 
 
 def model_for_image(model: torch.nn.Module, array: np.ndarray) -> torch.nn.Module:
-    """``model``, or the variant its metadata names for the modality of ``array`` (loaded once, on the
-    model's device, and shared).
+    """``model``, or the variant its metadata names for the modality of ``array`` (see :func:`resolve_variant`)."""
+    return resolve_variant(model, array)[0]
+
+
+def resolve_variant(model: torch.nn.Module, array: np.ndarray) -> tuple[torch.nn.Module, str | None]:
+    """``(model, None)``, or ``(variant, its name)`` when ``model``'s metadata names a variant for the modality
+    of ``array`` (loaded once, on the model's device, and shared).
 
     Raises:
         PesfError: the variant cannot be loaded (a missing or damaged file).
@@ -77,7 +82,7 @@ def model_for_image(model: torch.nn.Module, array: np.ndarray) -> torch.nn.Modul
     modality = guess_modality(array)
     name = variant_name(model, modality)
     if name is None:
-        return model
+        return model, None
     from pesf.models.checkpoint import load_model, resolve_reference
 
     device = next(model.parameters()).device
@@ -95,4 +100,4 @@ def model_for_image(model: torch.nn.Module, array: np.ndarray) -> torch.nn.Modul
                 ) from None
             _cache[key] = variant
     logger.info("the image looks like %s: using the model's variant %s", modality, name)
-    return variant
+    return variant, name
