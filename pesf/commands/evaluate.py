@@ -46,15 +46,17 @@ def run_evaluate(args: argparse.Namespace) -> int:
         }
     else:
         from pesf.interactive import InteractiveSession, SessionConfig
-        from pesf.models import load_model, model_for_image, model_info
+        from pesf.models import load_model, model_info
 
-        model = model_for_image(load_model(model_name or "default"), image.array)  # as the session would
         config = SessionConfig(refine=None) if no_refine else SessionConfig()
+        # one session for every organ (evaluate_organs asks for one); it reports the model it segments with,
+        # the variant for the image's modality if the model names one
+        session = InteractiveSession(load_model(model_name or "default"), image, config)
 
         def factory():
-            return InteractiveSession(model, image, config)
+            return session
 
-        info = model_info(model)
+        info = model_info(session.model)
         details = {k: info.get(k) for k in ("name", "config", "source", "trained") if k in info}
         details["refine"] = None if config.refine is None else dataclasses.asdict(config.refine)
         details["thin_scan"] = {"mm": config.thin_scan_mm, "first_click_offset": config.thin_scan_offset}
