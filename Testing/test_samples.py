@@ -508,11 +508,15 @@ def test_coverage_slab_follows_the_slice_axis_of_a_thick_slice_scan() -> None:
     vol = Volume(array, origin=[0.0, 0.0, 0.0], spacing=[6.0, 1.0, 1.0], direction=np.eye(3))
     for seed in range(5):
         rng = np.random.default_rng(seed)
-        slab = samples_module._slab(vol, vol.index_to_lps(np.array([6.0, 40.0, 40.0])), rng, (6.0, 18.0))
-        assert slab.shape[1:] == (80, 80) and 1 <= slab.shape[0] <= 3
+        slab, axis = samples_module._slab(
+            vol, vol.index_to_lps(np.array([6.0, 40.0, 40.0])), rng, (6.0, 18.0)
+        )
+        assert axis == 0 and slab.shape[1:] == (80, 80) and 1 <= slab.shape[0] <= 3
     axial = Volume(np.zeros((80, 80, 12), dtype=np.float32), [0.0, 0.0, 0.0], [1.0, 1.0, 1.0], np.eye(3))
-    slab = samples_module._slab(axial, np.array([40.0, 40.0, 6.0]), np.random.default_rng(0), (3.0, 3.0))
-    assert slab.shape == (80, 80, 3)  # isotropic: the axis nearest superior
+    slab, axis = samples_module._slab(
+        axial, np.array([40.0, 40.0, 6.0]), np.random.default_rng(0), (3.0, 3.0)
+    )
+    assert axis == 2 and slab.shape == (80, 80, 3)  # isotropic: the axis nearest superior
 
 
 def test_click_centre_of_a_thin_organ_in_a_large_box() -> None:
@@ -529,3 +533,31 @@ def test_click_centre_of_a_thin_organ_in_a_large_box() -> None:
             int
         )
         assert mask[tuple(ijk)]
+
+
+def test_a_thin_slab_is_extruded_and_the_organ_asked_for_only_within_it(ct_volume, ct_labels) -> None:
+    """With ``extrude_mm`` a slab at most that thick is read on beyond its edge slices (every region layer
+    beyond it repeats the nearest edge layer) and is not warped; the organ is still asked for only within the
+    slab, as without extrusion. A thicker slab is not extruded."""
+    cfg = dataclasses.replace(
+        NONE, coverage_prob=1.0, coverage_range=(3.0, 3.0), extrude_mm=30.0, elastic_prob=1.0
+    )
+    plain = dataclasses.replace(cfg, extrude_mm=0.0)
+    for seed in range(3):
+        sample = prepare_sample(ct_volume, ct_labels, 5, None, np.random.default_rng(seed), config=cfg)
+        flat = prepare_sample(ct_volume, ct_labels, 5, None, np.random.default_rng(seed), config=plain)
+        assert {"coverage", "extrude"} <= set(sample.augmentations) and "elastic" not in sample.augmentations
+        assert "extrude" not in flat.augmentations
+        known, target = sample.known[0, 0], sample.target[0, 0] > 0
+        layers = torch.nonzero(known.any(0).any(0)).flatten()  # region axis 2 is superior
+        assert 1 <= len(layers) <= 4 and target.any() and not (target & ~known).any()
+        image = sample.image[0, 0]
+        low, high = int(layers.min()), int(layers.max())
+        torch.testing.assert_close(image[:, :, 0], image[:, :, low - 2])  # below: the lowest slice repeated
+        torch.testing.assert_close(image[:, :, -1], image[:, :, high + 2])  # above: the highest
+        assert float(image[:, :, 0].std()) > 0.1  # the anatomy, not a fill
+        beyond = flat.image[0, 0][:, :, 0]
+        assert float(beyond.std()) < 1e-5  # without extrusion the fill
+    thick = dataclasses.replace(cfg, coverage_range=(40.0, 40.0))
+    sample = prepare_sample(ct_volume, ct_labels, 5, None, np.random.default_rng(0), config=thick)
+    assert "coverage" in sample.augmentations and "extrude" not in sample.augmentations

@@ -314,6 +314,59 @@ def test_a_few_slice_scan_fills_a_region_layer_per_slice_thickness():
     assert torch.all(outside == outside.flatten()[0])  # the fill beyond the scan's extent
 
 
+@pytest.mark.parametrize("grid", ["axis-aligned LPS", "oblique"])
+def test_resample_border_per_axis_extrudes_along_one_axis(grid):
+    """A border given per source axis reads the edge slices on beyond the source along that axis only (both
+    resampling paths): a few-slice scan extruded along its slice axis."""
+    from pesf.interactive import resample as rs
+
+    rng = np.random.default_rng(3)
+    src = torch.from_numpy(rng.normal(size=(20, 24, 3)).astype(np.float32))
+    m = GRIDS[grid]["direction"] * 0.7
+    shape = (30, 34, 20)
+    t = (np.array(src.shape) - 1) / 2 - m @ ((np.array(shape) - 1) / 2)
+    border = [0.5, 0.5, 1000.0]
+    fast = rs.resample_affine(src, m, t, shape, fill=-5.0, border=border)
+    ref = rs._resample_grid_sample(src, m, t, shape, fill=-5.0, border=border)
+    read = rs.inside_mask(m, t, shape, src.shape, border=border)
+    scan = rs.inside_mask(m, t, shape, src.shape)
+    assert int((read & ~scan).sum()) > 1000  # read beyond the three slices
+    assert torch.allclose(fast[read], ref[read], atol=1e-4)
+    assert torch.all(fast[~read] == -5.0) and not torch.any(fast[read] == -5.0)
+    if grid == "axis-aligned LPS":  # output axis 2 follows the slices: beyond them the edge slice repeats
+        lows = [k for k in range(shape[2]) if not scan[:, :, k].any()]
+        assert lows and torch.equal(fast[:, :, lows[0]], fast[:, :, 0])
+        assert torch.allclose(fast[:, :, 0], fast[:, :, 1])
+    with pytest.raises(ValueError, match="negative"):
+        rs.resample_affine(src, m, t, shape, border=[0.5, -1.0, 0.5])
+
+
+@pytest.mark.parametrize("setting", ["metadata", "config on", "config off", "thick scan"])
+def test_a_few_slice_scan_is_extruded_for_a_model_trained_so(setting):
+    """A model whose metadata says it was trained on extruded slabs (``"thin_scans": "extrude"``) sees a
+    few-slice scan read on beyond its edge slices along its thinnest axis; ``thin_scan_extrude`` overrides
+    the metadata, and a thick scan is never extruded. Only the scan's own slices are segmented."""
+    thickness = 60.0 if setting == "thick scan" else 3.0
+    vol = _volume(shape=(90, 80, 3), direction=np.eye(3), spacing=[0.8, 0.8, thickness / 3])
+    model = BallModel(radius=8)
+    model.metadata = {} if setting == "config on" else {"thin_scans": "extrude"}
+    extrude = {"config on": True, "config off": False}.get(setting)
+    seen = []
+    model.image_encoder.register_forward_hook(lambda module, args, out: seen.append(args[0][0, 0].clone()))
+    session = InteractiveSession(
+        model, vol, SessionConfig(confidence_runs=0, refine=None, thin_scan_extrude=extrude)
+    )
+    result = session.add_click("organ", (45, 40, 1))
+    region = seen[0]
+    layers = np.flatnonzero(session._regions[0].inside.any(dim=0).any(dim=0).numpy())
+    beyond = region[:, :, [k for k in range(region.shape[2]) if k not in layers]]
+    extruded = setting in ("metadata", "config on")
+    assert (float(beyond.std()) > 0.1) == extruded  # the scan's slices repeated, or the fill
+    if extruded:
+        torch.testing.assert_close(region[:, :, 0], region[:, :, int(layers.min())])
+    assert result.voxel_count > 0 and result.full_mask().shape == vol.shape
+
+
 @pytest.mark.parametrize("thickness_mm", [10.0, 40.0])
 def test_first_click_on_a_few_slice_scan_reads_the_mask_with_an_offset(thickness_mm):
     """On a scan at most ``thin_scan_mm`` thick, the decodes of an organ's first click have

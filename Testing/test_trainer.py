@@ -406,6 +406,17 @@ def test_a_new_run_after_a_finished_one_starts_from_latest(ws, tiny, tmp_path):
     assert pesf.load_model(ws / "models" / "v2" / "model.pt").metadata["training"]["version"] == "v2"
 
 
+def test_a_version_trained_on_extruded_slabs_says_so(ws, tiny, tmp_path):
+    """A run whose augmentation extrudes thin slabs (``extrude_mm``) writes ``"thin_scans": "extrude"`` into
+    its versions' metadata, so sessions read few-slice scans as it was trained to; a run without does not."""
+    augmentation = {"coverage_prob": 1.0, "coverage_range": [3.0, 3.0], "extrude_mm": 30.0}
+    config = write_config(tmp_path / "c1.json", tiny, steps=1, save_every=0, augmentation=augmentation)
+    run_training(ws, config, progress=False)
+    assert pesf.load_model(ws / "models" / "v1" / "model.pt").metadata["thin_scans"] == "extrude"
+    run_training(ws, write_config(tmp_path / "c2.json", tiny, steps=1, save_every=0), progress=False)
+    assert "thin_scans" not in pesf.load_model(ws / "models" / "v2" / "model.pt").metadata
+
+
 def test_version_carries_the_confidence_module_and_its_threshold(ws, tmp_path):
     from pesf.models import model_info
     from pesf.train.confidence import ConfidenceConfig, ConfidenceModule, attach_confidence_module

@@ -4,7 +4,8 @@
 outside ``src``. With ``border=0.5`` a position up to half a voxel beyond the outermost voxel centres reads
 the edge voxel, so every position within the grid's extent (``-0.5 <= index <= n - 0.5``, the region
 :func:`inside_mask` marks) reads the image, as ITK's linear interpolator does; a scan of a few slices then
-fills as many region layers as its thickness covers. When ``M`` maps each output axis onto a single source
+fills as many region layers as its thickness covers. ``border`` may also be given per source axis, so that
+a few-slice scan is read on beyond its edge slices along its slice axis alone (extruded). When ``M`` maps each output axis onto a single source
 axis (the usual case: both grids are aligned with the patient axes, whatever their flips and permutations),
 the interpolation is done one axis at a time, which costs a few passes over the output instead of building
 a full sampling grid.
@@ -12,6 +13,8 @@ Otherwise :func:`torch.nn.functional.grid_sample` handles any oblique direction.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -33,6 +36,14 @@ def axis_permutation(m: np.ndarray, tol: float = 1e-6) -> list[int] | None:
     return [int(np.flatnonzero(nz[a])[0]) for a in range(3)]
 
 
+def _per_axis(border: float | Sequence[float]) -> np.ndarray:
+    """``border`` as one value per source axis."""
+    out = np.broadcast_to(np.asarray(border, dtype=np.float64), (3,)).copy()
+    if np.any(out < 0):
+        raise ValueError(f"border must not be negative, got {border!r}")
+    return out
+
+
 def _interp_matrix(n_src: int, coords: np.ndarray, valid: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
     """Dense ``(len(coords), n_src)`` linear-interpolation matrix; rows where ``valid`` is False are 0."""
     c = np.clip(coords, 0, n_src - 1)
@@ -52,7 +63,7 @@ def resample_affine(
     t: np.ndarray,
     out_shape: tuple[int, int, int],
     fill: float = 0.0,
-    border: float = 0.0,
+    border: float | Sequence[float] = 0.0,
 ) -> torch.Tensor:
     """Resample ``src`` onto an output grid: ``out[p] = src[m @ p + t]`` (trilinear).
 
@@ -63,7 +74,8 @@ def resample_affine(
         out_shape: output shape ``(P, Q, R)``.
         fill: value for output voxels whose source position lies outside ``src``.
         border: source positions up to this many voxels beyond the outermost voxel centres read the edge
-            voxel instead of ``fill`` (0 or 0.5).
+            voxel instead of ``fill`` (0 or 0.5; or one value per source axis, e.g. a large one along a
+            few-slice scan's slice axis to extrude it).
 
     Returns:
         Tensor of shape ``out_shape`` and the dtype of ``src``.
@@ -79,8 +91,8 @@ def resample_affine(
         dtype = src.dtype if src.is_floating_point() else torch.float32
         o = [out_shape[perm[a]] for a in range(3)]  # output length along each source axis
         coords = [t[a] + m[a, perm[a]] * np.arange(o[a]) for a in range(3)]
-        reach = border + 1e-6
-        valid = [(c >= -reach) & (c <= n - 1 + reach) for c, n in zip(coords, src_shape, strict=True)]
+        reach = _per_axis(border) + 1e-6
+        valid = [(c >= -r) & (c <= n - 1 + r) for c, n, r in zip(coords, src_shape, reach, strict=True)]
         if not all(v.any() for v in valid):
             return torch.full(out_shape, fill, dtype=dtype)
         # only the source voxels that some output voxel reads
@@ -114,7 +126,7 @@ def _resample_grid_sample(
     t: np.ndarray,
     out_shape: tuple[int, int, int],
     fill: float,
-    border: float = 0.0,
+    border: float | Sequence[float] = 0.0,
 ) -> torch.Tensor:
     """General (oblique) case through ``affine_grid`` + ``grid_sample`` (normalised coordinates)."""
     dtype = src.dtype if src.dtype in (torch.float32, torch.float64) else torch.float32
@@ -128,7 +140,7 @@ def _resample_grid_sample(
     shifted = src.to(dtype)[None, None]
     if fill != 0.0:
         shifted = shifted - fill
-    if border > 0:  # edge voxels within the border, then nothing beyond it
+    if np.any(_per_axis(border) > 0):  # edge voxels within the border, then nothing beyond it
         out = F.grid_sample(shifted, grid, mode="bilinear", padding_mode="border", align_corners=True)[0, 0]
         out = out * inside_mask(m, t, out_shape, tuple(src.shape), border=border).to(out.dtype)
     else:
@@ -141,22 +153,24 @@ def inside_mask(
     t: np.ndarray,
     out_shape: tuple[int, int, int],
     src_shape: tuple[int, int, int],
-    border: float = 0.5,
+    border: float | Sequence[float] = 0.5,
 ) -> torch.Tensor:
     """Boolean tensor of ``out_shape``: True where ``m @ p + t`` lies inside a grid of ``src_shape``.
 
-    Inside is ``-border <= index <= n - 1 + border`` on every axis (by default the grid's extent).
+    Inside is ``-border <= index <= n - 1 + border`` on every axis (by default the grid's extent; ``border``
+    may be given per source axis).
     """
     m = np.asarray(m, dtype=np.float64)
     t = np.asarray(t, dtype=np.float64)
-    lo, hi = -border - 1e-6, np.asarray(src_shape, dtype=np.float64) - 1.0 + border + 1e-6
+    width = _per_axis(border)
+    lo, hi = -width - 1e-6, np.asarray(src_shape, dtype=np.float64) - 1.0 + width + 1e-6
     perm = axis_permutation(m)
     if perm is not None:
         per_out: list[np.ndarray] = [np.ones(n, dtype=bool) for n in out_shape]
         for a in range(3):
             b = perm[a]
             c = t[a] + m[a, b] * np.arange(out_shape[b])
-            per_out[b] &= (c >= lo) & (c <= hi[a])
+            per_out[b] &= (c >= lo[a]) & (c <= hi[a])
         mask = per_out[0][:, None, None] & per_out[1][None, :, None] & per_out[2][None, None, :]
         return torch.from_numpy(np.ascontiguousarray(mask))
     p = np.stack(np.meshgrid(*[np.arange(n) for n in out_shape], indexing="ij"), axis=-1)

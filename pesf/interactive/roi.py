@@ -98,6 +98,7 @@ def make_region(
     center_lps: np.ndarray,
     size: int = 128,
     spacing: float = 1.5,
+    extrude: int | None = None,
 ) -> Region:
     """Cut the region centred on ``center_lps`` out of ``image``.
 
@@ -107,13 +108,19 @@ def make_region(
         center_lps: LPS point (mm) that becomes region voxel ``(size // 2,) * 3``.
         size: voxels per side.
         spacing: mm per voxel.
+        extrude: an image axis (0-2) along which the region reads the edge slices on beyond the scan (a
+            few-slice scan extruded, for a model trained so; see :class:`~pesf.train.augment.AugmentConfig`'s
+            ``extrude_mm``), or ``None``. ``inside`` stays the scan's own extent.
     """
     center = np.asarray(center_lps, dtype=np.float64)
     origin = center - ROI_DIRECTION @ np.full(3, spacing * (size // 2))
     region = Region(origin=origin, size=size, spacing=spacing, image=torch.empty(0), inside=torch.empty(0))
     m, t = region.image_to_region(image)
     shape = (size, size, size)
-    data = resample_affine(image_tensor, m, t, shape, fill=0.0, border=0.5)
+    border = np.full(3, 0.5)
+    if extrude is not None:
+        border[extrude] = np.inf
+    data = resample_affine(image_tensor, m, t, shape, fill=0.0, border=border)
     inside = inside_mask(m, t, shape, image.shape)
     region.image = normalize_intensity(data)[None, None].contiguous()
     region.inside = inside

@@ -83,6 +83,11 @@ class SessionConfig:
             one click and lost up to 0.023 after three. Since the refinement's working box holds every voxel
             the model is unsure of, +1 gains 0.006, 0.027 and 0.008 after one click and changes the mean over
             the three slabs by +0.006 after three clicks and -0.002 after five.
+        thin_scan_extrude: read a few-slice scan on beyond its edge slices along its thinnest axis (extruded),
+            so the model sees the slab as a volume; ``None`` (the default) does so for a model whose metadata
+            says it was trained that way (``"thin_scans": "extrude"``; see
+            :class:`~pesf.train.augment.AugmentConfig`'s ``extrude_mm``). Only the scan's own slices are
+            segmented.
         match_modality: use the variant the model names for the image's modality, if it names one (the bundled
             default model names its MR weights, ``default-mr``; see :mod:`pesf.models.variants`). ``False``
             keeps the model as given on every image.
@@ -101,6 +106,7 @@ class SessionConfig:
     refine: RefineConfig | None = field(default_factory=RefineConfig)
     thin_scan_mm: float = 30.0
     thin_scan_offset: float = 1.0
+    thin_scan_extrude: bool | None = None
     match_modality: bool = True
     seed: int = 0
 
@@ -170,7 +176,12 @@ class InteractiveSession:
         self._next_key = 0
         self._organs: dict[str, _OrganState] = {}
         self._rng = np.random.default_rng(self.config.seed)
-        self._few_slices = float(np.min(np.array(image.shape) * image.spacing)) <= self.config.thin_scan_mm
+        extent = np.array(image.shape) * image.spacing
+        self._few_slices = float(np.min(extent)) <= self.config.thin_scan_mm
+        extrude = self.config.thin_scan_extrude
+        if extrude is None:
+            extrude = (getattr(self.model, "metadata", None) or {}).get("thin_scans") == "extrude"
+        self._extrude = int(np.argmin(extent)) if self._few_slices and extrude else None
         s = self.config.roi_size
         tent = torch.minimum(torch.arange(s) + 1.0, s - torch.arange(s).float()) / (s / 2)
         self._blend_weight = (tent[:, None, None] * tent[None, :, None] * tent[None, None, :]).clamp(1e-3, 1)
@@ -304,7 +315,12 @@ class InteractiveSession:
         self._next_key += 1
         t0 = time.perf_counter()
         region = make_region(
-            self.image, self._image_tensor, center_lps, self.config.roi_size, self.config.roi_spacing
+            self.image,
+            self._image_tensor,
+            center_lps,
+            self.config.roi_size,
+            self.config.roi_spacing,
+            self._extrude,
         )
         region.key = key
         timings["preprocess_s"] += time.perf_counter() - t0
@@ -323,7 +339,12 @@ class InteractiveSession:
             )
             timings = {"preprocess_s": 0.0, "encode_s": 0.0}
             region = make_region(
-                self.image, self._image_tensor, center, self.config.roi_size, self.config.roi_spacing
+                self.image,
+                self._image_tensor,
+                center,
+                self.config.roi_size,
+                self.config.roi_spacing,
+                self._extrude,
             )
             region.key = key
             self._encode(region, timings)

@@ -16,7 +16,10 @@ with one and the same map:
   learns shapes and edges rather than one modality's grey values): :func:`augment_intensity`;
 * coverage — the scan is cut to a slab of slices around the region's centre (from a few millimetres, as a
   few-slice acquisition, to several centimetres): the region reads the fill value beyond it, and the
-  organ is only asked for where the slab is, as for an organ at the edge of a scan's range;
+  organ is only asked for where the slab is, as for an organ at the edge of a scan's range. A slab at most
+  ``extrude_mm`` thick is instead read on beyond its edge slices (extruded along its slice axis, and not
+  warped), as a session reads a few-slice scan with a model trained so (its metadata says
+  ``"thin_scans": "extrude"``); the organ is still asked for only within the slab;
 * placement — by default the region frames the organ whole when it fits, and stays within the organ's
   extent when it does not; with ``click_center_prob`` the region is instead centred on a first click deep
   inside the organ, which the simulated user then gives, as inference centres a region on the user's first
@@ -73,6 +76,7 @@ class AugmentConfig:
     click_center_prob: float = 0.5  # centre the region on a deep organ voxel, the sample's first click
     coverage_prob: float = 0.0  # keep only a slab of the scan's slices around the region's centre
     coverage_range: tuple[float, float] = (3.0, 60.0)  # mm of slab, drawn log-uniformly
+    extrude_mm: float = 0.0  # a slab at most this thick is extruded (its edge slices read on beyond it)
     # train on a synthetic target instead (a random blob; samples.synthetic_target)
     synthetic_prob: float = 0.0
 

@@ -132,9 +132,12 @@ def _crop(array: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> torch.Tensor:
 
 
 def _affine_sample(
-    vol: Volume, arrays: list[np.ndarray], grid: _RegionGrid
+    vol: Volume, arrays: list[np.ndarray], grid: _RegionGrid, extrude: int | None = None
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Arrays on ``vol``'s grid resampled onto the region (trilinear, 0 outside), and where they were read.
+
+    With ``extrude`` (an axis of ``vol``) the arrays are read on beyond the edge slices along it (``inside``
+    is still ``vol``'s extent).
 
     Returns:
         ``(arrays, inside)``: ``inside`` where the region voxel lies within the source grid's extent
@@ -144,7 +147,10 @@ def _affine_sample(
     m, t = grid.index_map(vol)
     lo, hi = _footprint(m, t, grid.size, vol.shape)
     n = tuple(int(v) for v in hi - lo)
-    out = [resample_affine(_crop(a, lo, hi), m, t - lo, grid.shape, fill=0.0, border=0.5) for a in arrays]
+    border = np.full(3, 0.5)
+    if extrude is not None:
+        border[extrude] = np.inf
+    out = [resample_affine(_crop(a, lo, hi), m, t - lo, grid.shape, fill=0.0, border=border) for a in arrays]
     return out, inside_mask(m, t - lo, grid.shape, n)
 
 
@@ -260,8 +266,8 @@ def _click_center(label: Volume, mask: np.ndarray, rng: np.random.Generator) -> 
 
 def _slab(
     image: Volume, center: np.ndarray, rng: np.random.Generator, range_mm: tuple[float, float]
-) -> Volume:
-    """``image`` cut to a slab of slices that holds the LPS point ``center``.
+) -> tuple[Volume, int]:
+    """``image`` cut to a slab of slices that holds the LPS point ``center``, and the slice axis.
 
     The slices are along the scan's slice axis: the axis of the coarsest spacing when one is coarser than the
     others (a sagittal or coronal acquisition of thick slices too), else the axis closest to the patient's
@@ -281,7 +287,8 @@ def _slab(
     cut[axis] = slice(first, first + count)
     corner = np.zeros(3)
     corner[axis] = first
-    return Volume(image.array[tuple(cut)], image.index_to_lps(corner), image.spacing, image.direction)
+    slab = Volume(image.array[tuple(cut)], image.index_to_lps(corner), image.spacing, image.direction)
+    return slab, axis
 
 
 def _region_tensors(
@@ -290,16 +297,21 @@ def _region_tensors(
     masks: list[np.ndarray],
     grid: _RegionGrid,
     disp: torch.Tensor | None,
+    extrude: int | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
     """Normalised region image ``(1, 1, S, S, S)``, the masks resampled, and where the label can be trusted.
 
-    The last is the region voxels inside both the image's and the label's extent.
+    The last is the region voxels inside both the image's and the label's extent. With ``extrude`` (an image
+    axis; no displacement) the image is read on beyond its edge slices along that axis, as
+    :func:`make_region` reads a few-slice scan for a model trained so; the trusted voxels stay within it.
 
     Without displacement and in the canonical orientation the image goes through :func:`make_region` itself;
     flips and 90° rotations use the same axis-wise resampling; oblique or displaced grids are sampled in one
     pass per source grid.
     """
-    if disp is None and axis_permutation(grid.direction) is not None:
+    if extrude is not None and disp is not None:
+        raise ValueError("an extruded slab is not warped")
+    if disp is None and (extrude is not None or axis_permutation(grid.direction) is not None):
         if np.allclose(grid.direction, ROI_DIRECTION, atol=1e-12):
             m, t = grid.index_map(image)
             lo, hi = _footprint(m, t, grid.size, image.shape)
@@ -309,11 +321,13 @@ def _region_tensors(
                 image.spacing,
                 image.direction,
             )
-            region = make_region(cropped, _crop(image.array, lo, hi), grid.center, grid.size, grid.spacing)
+            region = make_region(
+                cropped, _crop(image.array, lo, hi), grid.center, grid.size, grid.spacing, extrude
+            )
             inside = region.inside
             normalised = region.image
         else:
-            (data,), inside = _affine_sample(image, [image.array], grid)
+            (data,), inside = _affine_sample(image, [image.array], grid, extrude)
             normalised = normalize_intensity(data)[None, None].contiguous()
         resampled, inside_label = _affine_sample(label, masks, grid)
         return normalised, resampled, inside & inside_label
@@ -388,15 +402,19 @@ def prepare_sample(
     grid = _RegionGrid(center, direction, region_spacing, int(roi_size))
     disp = elastic_field(rng, cfg, grid.size) if rng.random() < cfg.elastic_prob else None
     source = image
+    extrude = None
     if cfg.coverage_prob > 0 and rng.random() < cfg.coverage_prob:
-        image = _slab(image, center, rng, cfg.coverage_range)
+        image, axis = _slab(image, center, rng, cfg.coverage_range)
         applied.append("coverage")
+        if image.shape[axis] * float(image.spacing[axis]) <= cfg.extrude_mm:
+            extrude, disp = axis, None  # read on beyond its edge slices, as a session reads a few-slice scan
+            applied.append("extrude")
 
     masks = [mask] if unknown is None else [mask, np.asarray(unknown, dtype=bool)]
-    region, resampled, inside = _region_tensors(image, label, masks, grid, disp)
+    region, resampled, inside = _region_tensors(image, label, masks, grid, disp, extrude)
     if disp is not None and not bool((resampled[0] > 0).any()):  # the warp pushed a tiny organ out
         disp = None
-        region, resampled, inside = _region_tensors(image, label, masks, grid, disp)
+        region, resampled, inside = _region_tensors(image, label, masks, grid, disp, extrude)
     if disp is not None:
         applied.append("elastic")
     fraction = resampled[0]
@@ -404,6 +422,8 @@ def prepare_sample(
         fraction = torch.where(inside, fraction, torch.zeros(()))
         if not bool((fraction > 0).any()):  # the slab missed the organ: the whole scan after all
             applied.remove("coverage")
+            if extrude is not None:
+                applied.remove("extrude")
             region, resampled, inside = _region_tensors(source, label, masks, grid, disp)
             fraction = resampled[0]
     target = fraction > 0.5

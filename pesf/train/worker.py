@@ -312,6 +312,8 @@ class CheckpointHandler:
                     "val_dice": metrics["val_dice"],
                 },
             }
+            if (trainer.config.augmentation or {}).get("extrude_mm", 0) > 0:
+                meta["thin_scans"] = "extrude"  # sessions read few-slice scans as it was trained to
             save_checkpoint(trainer.model, tmp / "model.pt", metadata=meta)
             write_json_atomic(tmp / "metrics.json", metrics)
             write_json_atomic(tmp / "card.json", card)
