@@ -178,16 +178,22 @@ def _benchmark(name: str):
 
 
 def test_default_model_recipe_is_runnable_as_written():
-    """Every training config of the default model's recipe is valid for ``pesf train``, and the organ lists
-    name only structures of the sample CT's label map, never one held out for the evaluation table."""
+    """Every training config of the default model's recipe is valid for ``pesf train`` and every augmentation
+    file for ``pesf train-confidence``, and the organ lists name only structures of the sample CT's label
+    map, never one held out for the evaluation table."""
+    from pesf.commands.confidence import _augmentation
     from pesf.resources import models_dir
     from pesf.train.config import load_config
 
     recipe = models_dir() / "recipe"
-    configs = sorted(recipe.glob("*.json"))
+    configs = sorted(recipe.glob("train*.json"))
+    augmentations = sorted(recipe.glob("confidence-*.json"))
     assert len(configs) >= 3, "the recipe has its stage configs"
+    assert {p.name for p in recipe.glob("*.json")} == {p.name for p in configs + augmentations}
     for path in configs:
         load_config(path)  # raises a one-line PesfError on any unknown or invalid setting
+    for path in augmentations:
+        assert _augmentation(str(path), {})[1]  # likewise
     labels = json.loads(
         (models_dir().parent / "SampleData" / "totalsegmentator_total_labels.json").read_text()
     )

@@ -58,6 +58,8 @@ def test_train_confidence_writes_model_with_module(tmp_path, workspace, samples,
             "CT",
             "--variant",
             "mr=default-mr",
+            "--variant",
+            "ct few-slice=thin.pt",
             "--model-version",
             "test-1",
             "--source",
@@ -73,7 +75,8 @@ def test_train_confidence_writes_model_with_module(tmp_path, workspace, samples,
     assert 0.0 <= threshold <= 1.0
     trained_on = model.metadata["confidence"]["trained_on"]
     assert trained_on["regions"] == 4 and trained_on["augmentation"]["remap_prob"] == 0.5
-    assert model.metadata["modality"] == "CT" and model.metadata["variants"] == {"MR": "default-mr"}
+    assert model.metadata["modality"] == "CT"
+    assert model.metadata["variants"] == {"MR": "default-mr", "CT few-slice": "thin.pt"}
     assert model.metadata["model_version"] == "test-1"
     assert model.metadata["source"] == "a tiny test model; confidence module trained on 4 regions"
     session = InteractiveSession(model, read_volume(samples.ct_image), SessionConfig(confidence_runs=0))
@@ -112,7 +115,7 @@ def test_train_confidence_refuses_a_bad_augmentation_file(tmp_path, workspace, c
     assert not out.exists()
 
 
-@pytest.mark.parametrize("variant", ["MR", "PET=other.pt", "MR="])
+@pytest.mark.parametrize("variant", ["MR", "PET=other.pt", "MR=", "CT thin=other.pt", "=other.pt"])
 def test_train_confidence_refuses_a_bad_variant(tmp_path, workspace, capsys, variant):
     out = tmp_path / "m.pt"
     code = main(["train-confidence", str(workspace), "--out", str(out), "--variant", variant])

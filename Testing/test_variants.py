@@ -1,4 +1,4 @@
-"""A model's variants for other modalities: the modality guess, and the session's swap to the variant."""
+"""A model's variants for other modalities and few-slice scans: the modality guess, and the session's swap."""
 
 from __future__ import annotations
 
@@ -100,6 +100,33 @@ def test_a_session_uses_the_models_variant_for_the_images_modality(paired: dict[
     assert model_for_image(plain, _volume("MR").array) is plain
 
 
+def test_a_few_slice_scan_gets_the_few_slice_variant(paired: dict[str, Path]):
+    """A key ``"CT few-slice"`` names the model for CT scans at most ``thin_scan_mm`` thick; thicker CTs keep
+    the model and MR scans still get the MR variant; without the key a few-slice CT keeps the model."""
+    models = paired["ct"].parent
+    save_checkpoint(
+        build_model("tiny", seed=5),
+        models / "pair-thin.pt",
+        metadata={"modality": "CT", "thin_scans": "extrude", "variants": {"MR": "pair-mr"}},
+    )
+    model = load_model("pair")
+    model.metadata["variants"]["CT few-slice"] = "pair-thin"
+    ct = _volume("CT")
+    thin = Volume(ct.array[:, :, :3].copy(), spacing=np.array([1.5, 1.5, 3.0]))  # 9 mm
+    on_thin = InteractiveSession(model, thin)
+    assert on_thin.variant == "pair-thin" and on_thin._extrude == 2  # its metadata: read extruded
+    on_thin.add_click("organ", (24, 24, 1))
+    assert InteractiveSession(model, ct).model is model  # 72 mm: the model itself
+    assert InteractiveSession(model, _volume("MR")).variant == "pair-mr"
+    mr_thin = Volume(_volume("MR").array[:, :, :3].copy(), spacing=np.array([1.5, 1.5, 3.0]))
+    assert InteractiveSession(model, mr_thin).variant == "pair-mr"  # no "MR few-slice": the MR variant
+    assert InteractiveSession(load_model("pair"), thin).model.source == model.source  # no key: kept
+    assert InteractiveSession(model, thin, SessionConfig(thin_scan_mm=5.0)).variant is None
+    (models / "pair-thin.pt").unlink()
+    with pytest.raises(PesfError, match=r"variant for few-slice CT images \(pair-thin\) cannot be loaded"):
+        InteractiveSession(model, Volume(thin.array + 1, spacing=thin.spacing))
+
+
 def test_a_missing_variant_is_a_clear_error(paired: dict[str, Path]):
     model = load_model("pair")
     paired["mr"].unlink()
@@ -116,19 +143,23 @@ def test_a_replaced_variant_file_is_read_again(paired: dict[str, Path]):
     assert second is not first and not _same_weights(first, second)
 
 
-def test_the_bundled_default_model_names_its_mr_weights():
-    """The bundled default is the CT model and names ``default-mr`` for MR images; both are bundled, each with
-    its confidence module, and the sample MR gets the MR weights."""
+def test_the_bundled_default_model_names_its_mr_and_few_slice_weights():
+    """The bundled default is the CT model and names ``default-mr`` for MR images and ``default-thin`` for
+    few-slice CT scans; all are bundled, each with its confidence module; the sample MR gets the MR weights,
+    the three-slice CT E the few-slice weights (read extruded), the sample CTs the default itself."""
     default = load_model("default")
     assert default.metadata["modality"] == "CT"
-    assert default.metadata["variants"] == {"MR": "default-mr"}
-    mr = load_model("default-mr")
+    assert default.metadata["variants"] == {"MR": "default-mr", "CT few-slice": "default-thin"}
+    mr, thin = load_model("default-mr"), load_model("default-thin")
     assert mr.metadata["modality"] == "MR"
-    assert default.confidence_module is not None and mr.confidence_module is not None
-    assert not _same_weights(default, mr)
+    assert thin.metadata["modality"] == "CT" and thin.metadata["thin_scans"] == "extrude"
+    assert all(m.confidence_module is not None for m in (default, mr, thin))
+    assert not _same_weights(default, mr) and not _same_weights(default, thin)
     sample_mr = read_volume(sample_data_dir() / "C_ts_mr/C_mr_image.nii.gz")
     assert "default-mr" in InteractiveSession(default, sample_mr).model.source
+    few = InteractiveSession(default, read_volume(sample_data_dir() / "E_dcmqi_ct3slice/E_ct_dicom"))
+    assert few.variant == "default-thin" and few._extrude == 2
     sample_ct = read_volume(sample_data_dir() / "A_ts_ct/A_ct_sm_image.nii.gz")
     assert InteractiveSession(default, sample_ct).model is default
-    # the pair stays within the bundled weights' budget
+    # the bundled weights stay within their budget
     assert sum(p.stat().st_size for p in models_dir().glob("*.pt")) < 30 * 1024**2

@@ -184,16 +184,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--modality",
         choices=("CT", "MR"),
-        help="record in the written model the modality it is meant for (a session never swaps it for a "
-        "variant on images of that modality)",
+        help="record in the written model the modality it is meant for (a session swaps it for a variant "
+        "on images of that modality only for a few-slice variant)",
     )
     p.add_argument(
         "--variant",
         action="append",
         default=[],
         metavar="MODALITY=MODEL",
-        help="record in the written model the model a session uses instead on images of MODALITY (CT or MR; "
-        "a bundled model name or a checkpoint path), e.g. MR=default-mr; repeatable",
+        help="record in the written model the model a session uses instead on images of MODALITY (CT or MR, "
+        "or 'CT few-slice' or 'MR few-slice' for scans at most 30 mm thick; a bundled model name or a "
+        "checkpoint path), e.g. MR=default-mr; repeatable",
     )
     p.add_argument("--model-version", metavar="NAME", help="record this version name in the written model")
     p.add_argument(

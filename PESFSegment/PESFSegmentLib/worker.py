@@ -260,7 +260,8 @@ class InferenceWorker:
                 self._model, self._image, self.sessionConfig or SessionConfig()
             )
             # the version of the model it segments with: the chosen one's, or the variant's name the chosen
-            # model names for the volume's modality (the bundled default's MR weights: ``default-mr``)
+            # model names for the volume (the bundled default's MR weights ``default-mr``, or its weights for
+            # few-slice CT scans ``default-thin``)
             self._sessionModelVersion = self._session.variant or self._modelVersion
         return self._session
 

@@ -13,20 +13,27 @@ Most of these organs were training targets of the bundled default model on the w
 gallbladder and pancreas were held out (marked in the table). So this measures how well a model copes with
 a thin scan of a patient it knows; the evaluation table's E is the measure on a patient it does not know.
 
-With the bundled default model (``default-7``, the weights of ``default-6``; 15-22 s), mean Dice after 1 / 3 / 5 clicks over 13
-structures: refine 0.583 / 0.816 / 0.880, model 0.545 / 0.669 / 0.728, growcut 0.524 / 0.736 / 0.837. Both
-session rows read the first click's mask with the offset for few-slice scans (``SessionConfig.thin_scan_offset``,
-chosen here with 3, 5 and 10 slices); without it, refine 0.577 / 0.774 / 0.859 and model 0.496 / 0.683 /
-0.720. The liver at the liver's level: 0.49 / 0.73 / 0.87 refined (0.13 / 0.43 / 0.82 with Grow from seeds;
-on the whole scan the model finds it at 0.85 after one click); refined with a working box of the model's
-mask alone (before ``RefineConfig.cover_unsure``), 0.41 / 0.38 / 0.70, and the mean 0.576 / 0.756 / 0.857.
-The held-out kidney_left (the only held-out organ with 200 voxels in a slab): 0.66 / 0.96 / 0.97 refined,
-0.93 / 0.95 / 0.95 with Grow from seeds.
+The bundled default model segments these slabs with its weights for few-slice CT scans (``default-thin``,
+trained on thin slabs read extruded; see :mod:`pesf.models.variants`), which were chosen here (3 mm and
+9 mm slabs, 15 and 30 mm checked; ``Resources/Models/README.md``). Mean Dice after 1 / 3 / 5 clicks over 13
+structures: refine 0.642 / 0.835 / 0.866, model 0.580 / 0.708 / 0.765, growcut 0.524 / 0.736 / 0.837; the
+liver at the liver's level 0.86 / 0.88 / 0.92 refined (0.13 / 0.43 / 0.82 with Grow from seeds; on the whole
+scan the model finds it at 0.85 after one click); the held-out kidney_left (the only held-out organ with 200
+voxels in a slab) 0.79 / 0.97 / 0.96 refined, 0.93 / 0.95 / 0.95 with Grow from seeds.
+
+With the whole-scan weights (``--model`` a copy of ``default.pt`` without its variants, ``default-7``):
+refine 0.583 / 0.816 / 0.880, model 0.545 / 0.669 / 0.728, the liver 0.49 / 0.73 / 0.87. Both session rows
+read the first click's mask with the offset for few-slice scans (``SessionConfig.thin_scan_offset``, chosen
+here with 3, 5 and 10 slices, and kept for ``default-thin``: offset 0 or 2 gave less after one, three and
+five clicks); with ``default-7`` and without it, refine 0.577 / 0.774 / 0.859 and model 0.496 / 0.683 /
+0.720; with a working box of the model's mask alone (before ``RefineConfig.cover_unsure``) the liver reached
+0.41 / 0.38 / 0.70, and the mean 0.576 / 0.756 / 0.857.
 
 E is thinner still: three 1 mm slices, a region layer or two of the model's 1.5 mm. ``--slices 1 --split 3``
 cuts slabs as thin: one 3 mm slice of the sample CT, split into three 1 mm slices of its content (10
-structures). There, with ``default-7``: refine 0.452 / 0.738 / 0.769, model 0.417 / 0.637 / 0.708, growcut
-0.424 / 0.752 / 0.835: on a scan this thin the session is behind Grow from seeds after three and five clicks.
+structures). There: refine 0.520 / 0.783 / 0.836, model 0.486 / 0.650 / 0.774, growcut 0.424 / 0.752 / 0.835
+(with ``default-7``, refine 0.452 / 0.738 / 0.769 and model 0.417 / 0.637 / 0.708: behind Grow from seeds
+after three and five clicks).
 """
 
 from __future__ import annotations

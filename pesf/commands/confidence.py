@@ -127,16 +127,24 @@ def _augmentation(path: str | None, base: dict) -> tuple[Any, dict]:
 
 
 def _variants(items: list[str]) -> dict[str, str]:
-    """``--variant MODALITY=MODEL`` options as ``{modality: model}``."""
+    """``--variant MODALITY=MODEL`` options as ``{modality: model}`` (``MODALITY`` CT or MR, optionally
+    followed by ``few-slice``: the keys of :mod:`pesf.models.variants`)."""
     from pesf.errors import PesfError
 
     variants = {}
     for item in items:
-        modality, sep, model = item.partition("=")
-        modality = modality.strip().upper()
-        if not sep or modality not in ("CT", "MR") or not model.strip():
+        scans, sep, model = item.partition("=")
+        words = scans.split()
+        modality = words[0].upper() if words else ""
+        if (
+            not sep
+            or modality not in ("CT", "MR")
+            or [w.lower() for w in words[1:]] not in ([], ["few-slice"])
+            or not model.strip()
+        ):
             raise PesfError(
-                f"--variant {item!r}: write MODALITY=MODEL with MODALITY CT or MR, e.g. MR=default-mr"
+                f"--variant {item!r}: write MODALITY=MODEL with MODALITY CT or MR (or 'CT few-slice', "
+                "'MR few-slice'), e.g. MR=default-mr"
             )
-        variants[modality] = model.strip()
+        variants[modality + (" few-slice" if len(words) > 1 else "")] = model.strip()
     return variants

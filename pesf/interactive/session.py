@@ -88,8 +88,9 @@ class SessionConfig:
             says it was trained that way (``"thin_scans": "extrude"``; see
             :class:`~pesf.train.augment.AugmentConfig`'s ``extrude_mm``). Only the scan's own slices are
             segmented.
-        match_modality: use the variant the model names for the image's modality, if it names one (the bundled
-            default model names its MR weights, ``default-mr``; see :mod:`pesf.models.variants`). ``False``
+        match_modality: use the variant the model names for the image's modality, or for a few-slice scan of
+            it, if it names one (the bundled default model names its MR weights, ``default-mr``, and its
+            weights for few-slice CT scans, ``default-thin``; see :mod:`pesf.models.variants`). ``False``
             keeps the model as given on every image.
         seed: seed of the click perturbation.
     """
@@ -165,8 +166,10 @@ class InteractiveSession:
     ) -> None:
         self.config = config or SessionConfig()
         self.variant: str | None = None  # the name of the model's variant the session uses, if any
+        extent = np.array(image.shape) * image.spacing
+        self._few_slices = float(np.min(extent)) <= self.config.thin_scan_mm
         if self.config.match_modality:
-            model, self.variant = resolve_variant(model, image.array)
+            model, self.variant = resolve_variant(model, image.array, self._few_slices)
         self.model = model.eval()
         self.image = image
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -176,8 +179,6 @@ class InteractiveSession:
         self._next_key = 0
         self._organs: dict[str, _OrganState] = {}
         self._rng = np.random.default_rng(self.config.seed)
-        extent = np.array(image.shape) * image.spacing
-        self._few_slices = float(np.min(extent)) <= self.config.thin_scan_mm
         extrude = self.config.thin_scan_extrude
         if extrude is None:
             extrude = (getattr(self.model, "metadata", None) or {}).get("thin_scans") == "extrude"

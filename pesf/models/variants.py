@@ -1,14 +1,21 @@
-"""A model's variants for other modalities: the bundled default brings its own weights for MR.
+"""A model's variants for other modalities and for few-slice scans: the bundled default brings its own weights
+for MR and for few-slice CT scans.
 
 A checkpoint may name, in its metadata, the model to use instead on images of another modality::
 
     {"modality": "CT", "variants": {"MR": "default-mr"}}
 
-Values are bundled model names or checkpoint paths (anything :func:`~pesf.models.load_model` takes). The
-bundled default model does this: ``default`` (CT) names ``default-mr``, trained for MR-like contrast (see
-``Resources/Models/README.md``), as TotalSegmentator ships separate CT and MR tasks. An interactive session
-swaps to the variant for its image (``SessionConfig.match_modality``); a model without variants is used as it
-is on every image.
+A key ``"<MODALITY> few-slice"`` names the model for few-slice scans of that modality (a scan at most
+``SessionConfig.thin_scan_mm`` thick), whichever modality the model itself is for; other scans of the model's
+own modality keep the model. Values are bundled model names or checkpoint paths (anything
+:func:`~pesf.models.load_model` takes). The bundled default model does this: ``default`` (CT) names
+``default-mr``, trained for MR-like contrast, and ``default-thin``, trained on thin slabs read extruded (see
+``Resources/Models/README.md``), as TotalSegmentator ships separate CT and MR tasks::
+
+    {"modality": "CT", "variants": {"MR": "default-mr", "CT few-slice": "default-thin"}}
+
+An interactive session swaps to the variant for its image (``SessionConfig.match_modality``); a model without
+variants is used as it is on every image.
 
 The modality is guessed from the voxels, as most files carry no modality tag that survives conversion: a CT
 holds air (about -1000 HU), so its 1st percentile lies far below zero, while MR intensities are not negative
@@ -54,35 +61,44 @@ def guess_modality(array: np.ndarray) -> str:
     return "CT" if low < CT_AIR_PERCENTILE_HU else "MR"
 
 
-def variant_name(model: torch.nn.Module, modality: str) -> str | None:
-    """The variant ``model``'s metadata names for ``modality``, or ``None`` when it is meant for it already
-    or names none."""
+def variant_name(model: torch.nn.Module, modality: str, few_slices: bool = False) -> str | None:
+    """The variant ``model``'s metadata names for scans of ``modality`` (few-slice ones with ``few_slices``),
+    or ``None`` when it is meant for them already or names none."""
+    picked = _pick(model, modality, few_slices)
+    return picked[0] if picked else None
+
+
+def _pick(model: torch.nn.Module, modality: str, few_slices: bool) -> tuple[str, str] | None:
+    """``(variant, the scans it is for)``, as :func:`variant_name`."""
     metadata: dict[str, Any] = getattr(model, "metadata", None) or {}
-    if str(metadata.get("modality", "")).upper() == modality:
-        return None
     variants = metadata.get("variants")
     if not isinstance(variants, dict):
         return None
-    name = variants.get(modality)
-    return str(name) if name else None
+    if few_slices and variants.get(f"{modality} few-slice"):
+        return str(variants[f"{modality} few-slice"]), f"few-slice {modality}"
+    if str(metadata.get("modality", "")).upper() != modality and variants.get(modality):
+        return str(variants[modality]), modality
+    return None
 
 
-def model_for_image(model: torch.nn.Module, array: np.ndarray) -> torch.nn.Module:
+def model_for_image(model: torch.nn.Module, array: np.ndarray, few_slices: bool = False) -> torch.nn.Module:
     """``model``, or the variant its metadata names for the modality of ``array`` (see :func:`resolve_variant`)."""
-    return resolve_variant(model, array)[0]
+    return resolve_variant(model, array, few_slices)[0]
 
 
-def resolve_variant(model: torch.nn.Module, array: np.ndarray) -> tuple[torch.nn.Module, str | None]:
+def resolve_variant(
+    model: torch.nn.Module, array: np.ndarray, few_slices: bool = False
+) -> tuple[torch.nn.Module, str | None]:
     """``(model, None)``, or ``(variant, its name)`` when ``model``'s metadata names a variant for the modality
-    of ``array`` (loaded once, on the model's device, and shared).
+    of ``array`` (for a few-slice scan with ``few_slices``; loaded once, on the model's device, and shared).
 
     Raises:
         PesfError: the variant cannot be loaded (a missing or damaged file).
     """
-    modality = guess_modality(array)
-    name = variant_name(model, modality)
-    if name is None:
+    picked = _pick(model, guess_modality(array), few_slices)
+    if picked is None:
         return model, None
+    name, scans = picked
     from pesf.models.checkpoint import load_model, resolve_reference
 
     device = next(model.parameters()).device
@@ -96,8 +112,8 @@ def resolve_variant(model: torch.nn.Module, array: np.ndarray) -> tuple[torch.nn
                 variant = load_model(name, device=device)
             except PesfError as exc:
                 raise PesfError(
-                    f"the model's variant for {modality} images ({name}) cannot be loaded: {exc}"
+                    f"the model's variant for {scans} images ({name}) cannot be loaded: {exc}"
                 ) from None
             _cache[key] = variant
-    logger.info("the image looks like %s: using the model's variant %s", modality, name)
+    logger.info("the image is a %s scan: using the model's variant %s", scans, name)
     return variant, name
