@@ -285,3 +285,26 @@ def test_evaluation_table_averages_the_simulated_users():
     assert one["rows"][0]["ours"] == [round(0.1 + 0.01 * (c - 1), 4) for c in table.CLICKS]
     text = table.to_markdown(built, {}, [0, 1])
     assert "mean over 2 simulated users (click seeds 0-1)" in text
+
+
+def test_dev_benchmarks_average_over_simulated_users(ct_volume, ct_labels):
+    """``refine_dev.py`` / ``slab_dev.py --seeds K``: every Dice is the mean of K independent runs, one per
+    click seed, each with a new segmenter (Grow from seeds keeps every organ's clicks, so a segmenter shared
+    between seeds would seed one user's clicks with another's)."""
+    dev = _benchmark("refine_dev")
+    organs = {"kidney_right": 2, "liver": 5}
+
+    def rows(seeds: int, first: int = 0) -> dict:
+        out = {"growcut": {}}
+        dev.SEED = first
+        try:
+            dev.score(out, None, {}, "A", ct_volume, ct_labels.array, organs, seeds)
+        finally:
+            dev.SEED = 0
+        return out["growcut"]
+
+    both, alone = rows(2), [rows(1, first) for first in (0, 1)]
+    for key in ("A:kidney_right", "A:liver"):
+        np.testing.assert_allclose(both[key], np.mean([a[key] for a in alone], axis=0), atol=1e-9)
+        assert alone[0][key] != alone[1][key]  # two users, two sets of clicks
+    assert dev.seeds_text(1) == "seed 0" and dev.seeds_text(4) == "mean over click seeds 0-3"
