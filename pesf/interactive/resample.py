@@ -5,10 +5,10 @@ outside ``src``. With ``border=0.5`` a position up to half a voxel beyond the ou
 the edge voxel, so every position within the grid's extent (``-0.5 <= index <= n - 0.5``, the region
 :func:`inside_mask` marks) reads the image, as ITK's linear interpolator does; a scan of a few slices then
 fills as many region layers as its thickness covers. ``border`` may also be given per source axis, so that
-a few-slice scan is read on beyond its edge slices along its slice axis alone (extruded). When ``M`` maps each output axis onto a single source
-axis (the usual case: both grids are aligned with the patient axes, whatever their flips and permutations),
-the interpolation is done one axis at a time, which costs a few passes over the output instead of building
-a full sampling grid.
+a few-slice scan is read on beyond its edge slices along its slice axis alone (extruded). When ``M`` maps
+each output axis onto a single source axis (the usual case: both grids are aligned with the patient axes,
+whatever their flips and permutations), the interpolation is done one axis at a time, which costs a few
+passes over the output instead of building a full sampling grid.
 Otherwise :func:`torch.nn.functional.grid_sample` handles any oblique direction.
 """
 
