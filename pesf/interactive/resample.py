@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["resample_affine", "axis_permutation", "inside_mask"]
+__all__ = ["resample_affine", "axis_permutation", "inside_mask", "scan_border"]
 
 
 def axis_permutation(m: np.ndarray, tol: float = 1e-6) -> list[int] | None:
@@ -34,6 +34,15 @@ def axis_permutation(m: np.ndarray, tol: float = 1e-6) -> list[int] | None:
     if not np.all(nz.sum(axis=1) == 1) or not np.all(nz.sum(axis=0) == 1):
         return None
     return [int(np.flatnonzero(nz[a])[0]) for a in range(3)]
+
+
+def scan_border(extrude: int | None = None) -> np.ndarray:
+    """The ``border`` with which a region reads a scan: the edge voxel within half a voxel of the scan's
+    extent, and along the source axis ``extrude`` (if given) the edge slices on beyond it."""
+    border = np.full(3, 0.5)
+    if extrude is not None:
+        border[extrude] = np.inf
+    return border
 
 
 def _per_axis(border: float | Sequence[float]) -> np.ndarray:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from pesf.interactive.resample import inside_mask, resample_affine
+from pesf.interactive.resample import inside_mask, resample_affine, scan_border
 from pesf.io.volume import Volume
 
 __all__ = ["ROI_DIRECTION", "Region", "make_region", "normalize_intensity"]
@@ -117,10 +117,7 @@ def make_region(
     region = Region(origin=origin, size=size, spacing=spacing, image=torch.empty(0), inside=torch.empty(0))
     m, t = region.image_to_region(image)
     shape = (size, size, size)
-    border = np.full(3, 0.5)
-    if extrude is not None:
-        border[extrude] = np.inf
-    data = resample_affine(image_tensor, m, t, shape, fill=0.0, border=border)
+    data = resample_affine(image_tensor, m, t, shape, fill=0.0, border=scan_border(extrude))
     inside = inside_mask(m, t, shape, image.shape)
     region.image = normalize_intensity(data)[None, None].contiguous()
     region.inside = inside

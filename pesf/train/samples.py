@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from pesf.errors import PesfError
 from pesf.eval.clicks import ClickSimulator, box_offset, deep_voxel
 from pesf.eval.metrics import bounding_box
-from pesf.interactive.resample import axis_permutation, inside_mask, resample_affine
+from pesf.interactive.resample import axis_permutation, inside_mask, resample_affine, scan_border
 from pesf.interactive.roi import ROI_DIRECTION, make_region, normalize_intensity
 from pesf.io.volume import Volume
 from pesf.train.augment import AugmentConfig, augment_intensity, axis_rotation, elastic_field, random_pose
@@ -147,9 +147,7 @@ def _affine_sample(
     m, t = grid.index_map(vol)
     lo, hi = _footprint(m, t, grid.size, vol.shape)
     n = tuple(int(v) for v in hi - lo)
-    border = np.full(3, 0.5)
-    if extrude is not None:
-        border[extrude] = np.inf
+    border = scan_border(extrude)
     out = [resample_affine(_crop(a, lo, hi), m, t - lo, grid.shape, fill=0.0, border=border) for a in arrays]
     return out, inside_mask(m, t - lo, grid.shape, n)
 
