@@ -35,7 +35,7 @@ import torch
 
 from pesf.errors import PesfError
 
-__all__ = ["CT_AIR_PERCENTILE_HU", "guess_modality", "model_for_image", "resolve_variant", "variant_name"]
+__all__ = ["CT_AIR_PERCENTILE_HU", "guess_modality", "model_for_image", "resolve_variant"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,15 +61,9 @@ def guess_modality(array: np.ndarray) -> str:
     return "CT" if low < CT_AIR_PERCENTILE_HU else "MR"
 
 
-def variant_name(model: torch.nn.Module, modality: str, few_slices: bool = False) -> str | None:
-    """The variant ``model``'s metadata names for scans of ``modality`` (few-slice ones with ``few_slices``),
-    or ``None`` when it is meant for them already or names none."""
-    picked = _pick(model, modality, few_slices)
-    return picked[0] if picked else None
-
-
 def _pick(model: torch.nn.Module, modality: str, few_slices: bool) -> tuple[str, str] | None:
-    """``(variant, the scans it is for)``, as :func:`variant_name`."""
+    """``(variant, the scans it is for)`` that ``model``'s metadata names for scans of ``modality`` (few-slice
+    ones with ``few_slices``), or ``None`` when it is meant for them already or names none."""
     metadata: dict[str, Any] = getattr(model, "metadata", None) or {}
     variants = metadata.get("variants")
     if not isinstance(variants, dict):
