@@ -119,6 +119,46 @@ def test_first_click_respects_anisotropic_spacing():
     assert clicks == {(7, 7, 7)}
 
 
+def test_first_click_on_a_few_slice_scan_lands_in_the_middle_of_the_organ_s_section():
+    # A scan of three 1 mm slices through a 40 x 30 mm section: the scan's edge is not the organ's boundary,
+    # so the click is near the section's centre (and on the middle slice), not anywhere 2 mm from its edge.
+    gt = np.zeros((60, 50, 3), dtype=bool)
+    gt[10:50, 10:40, :] = True
+    clicks = np.array([ClickSimulator(s).first_click(gt, (1.0, 1.0, 1.0))[0] for s in range(20)])
+    assert (clicks[:, 2] == 1).all()
+    edge_distance = np.minimum.reduce(
+        [clicks[:, 0] - 9.5, 49.5 - clicks[:, 0], clicks[:, 1] - 9.5, 39.5 - clicks[:, 1]]
+    )
+    assert edge_distance.min() >= 0.9 * 15 - 1e-9  # as deep in the section as the deepest voxel's 0.9
+    # The training's regions are crops, where the border does count (as their clicks always did).
+    crop = np.array(
+        [ClickSimulator(s, border_is_boundary=True).first_click(gt, (1.0, 1.0, 1.0))[0] for s in range(20)]
+    )
+    crop_edge = np.minimum.reduce([crop[:, 0] - 9.5, 49.5 - crop[:, 0], crop[:, 1] - 9.5, 39.5 - crop[:, 1]])
+    assert crop_edge.min() < 5
+
+
+def test_first_click_on_an_organ_through_the_scan_stays_off_the_scan_s_last_slices():
+    # A tube running through the whole scan along k: the click is on its centre line, not on an end slice.
+    i, j = np.meshgrid(np.arange(30), np.arange(30), indexing="ij")
+    tube = ((i - 15) ** 2 + (j - 15) ** 2 <= 36)[..., None].repeat(40, axis=2)
+    clicks = np.array([ClickSimulator(s).first_click(tube, (1.0, 1.0, 1.0))[0] for s in range(30)])
+    assert (np.abs(clicks[:, 0] - 15) <= 1).all() and (np.abs(clicks[:, 1] - 15) <= 1).all()
+    assert clicks[:, 2].min() >= 5 and clicks[:, 2].max() <= 34
+    assert len(set(clicks[:, 2].tolist())) > 3
+
+
+def test_corrective_click_on_a_few_slice_scan_lands_in_the_middle_of_the_missed_part():
+    gt = np.zeros((60, 50, 3), dtype=bool)
+    gt[10:50, 10:40, :] = True
+    pred = gt.copy()
+    pred[30:50] = False  # the lower 20 x 30 mm missed on every slice
+    for s in range(10):
+        ijk, positive = ClickSimulator(s).next_click(gt, pred, (1.0, 1.0, 1.0))
+        assert positive and ijk[2] == 1
+        assert abs(ijk[0] - 39.5) <= 1 and abs(ijk[1] - 24.5) <= 5.5  # 10 mm deep across i and j
+
+
 def test_clicks_are_deterministic_for_a_seed():
     gt = ORGANS["sphere"]
     pred = ball(SHAPE, (14, 12, 12), 6.5) | ball(SHAPE, (30, 25, 20), 3)

@@ -3,19 +3,26 @@
 How the clicks are chosen (the common protocol of interactive 3D benchmarks, made deterministic):
 
 * **First click** — always positive, near the organ's "centre": the Euclidean distance from every organ voxel
-  to the organ boundary is computed in millimetres (so anisotropic spacing is respected), and the click is
-  drawn uniformly among the voxels whose distance is at least ``interior_fraction`` (default 0.9) of the
-  maximum. This keeps the click well inside the organ, like a user aiming at the middle of it, while still
-  varying with the seed. ``interior_fraction=1.0`` gives the single most interior voxel (ties drawn by seed);
-  lower values spread the clicks wider. Taking the distance maximum rather than the centre of mass keeps the
-  click inside curved or multi-part organs, where the centre of mass may fall outside.
+  to the organ boundary (the scan's border counts) is computed in millimetres (so anisotropic spacing is
+  respected), and the click is drawn uniformly among the voxels whose distance is at least
+  ``interior_fraction`` (default 0.9) of the maximum. On a scan of three 1 mm slices every voxel of the
+  middle slice more than 2 mm from the section's edge lies 2 mm from "the boundary", and the click would
+  land anywhere in the organ's section; so the voxels drawn from are narrowed to those also at least that
+  fraction of the largest depth measured with the scan's border open (the organ taken to go on beyond it):
+  on those three slices, the middle of the section on the middle slice. An organ cut by the scan's edge
+  keeps its click away from that edge. This keeps the click well inside the organ, like a user aiming at
+  the middle of it, while still varying with the seed. ``interior_fraction=1.0`` gives the single most
+  interior voxel (ties drawn by seed); lower values spread the clicks wider. Taking the distance maximum
+  rather than the centre of mass keeps the click inside curved or multi-part organs, where the centre of
+  mass may fall outside.
 * **Later clicks** — a correction of the largest error. False negatives (organ missed) and false positives
   (background included) are split into connected components (26-connectivity) separately; the larger of the
   largest false-negative component and the largest false-positive component is corrected (a tie goes to the
   false negative). The click lands on that component's most interior voxel (maximum of the Euclidean
-  distance transform in mm, ties drawn by seed), and is positive for a false negative, negative for a false
-  positive. Compared with a click drawn anywhere in the error, this fixes big mistakes first and never
-  clicks on a one-voxel sliver of the boundary, so the curves measure the model, not the luck of the draw.
+  distance transform in mm; ties narrowed by the depth with the scan's border open, as for the first click,
+  then drawn by seed), and is positive for a false negative, negative for a false positive. Compared with a
+  click drawn anywhere in the error, this fixes big mistakes first and never clicks on a one-voxel sliver of
+  the boundary, so the curves measure the model, not the luck of the draw.
 
 Everything is computed inside the bounding box of ``gt ∪ pred`` (plus a one-voxel margin), so a small organ
 in a 512x512x300 volume costs milliseconds.
@@ -36,10 +43,33 @@ __all__ = ["ClickSimulator", "box_offset", "deep_voxel"]
 _STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
 
 
-def _interior_distance(mask: np.ndarray, spacing: np.ndarray) -> np.ndarray:
-    """Distance in mm from each voxel of ``mask`` to the nearest voxel outside it (the array border counts)."""
-    padded = np.pad(mask, 1, mode="constant", constant_values=False)
+def _interior_distance(
+    mask: np.ndarray, spacing: np.ndarray, open_faces: Sequence[tuple[bool, bool]] | None = None
+) -> np.ndarray:
+    """Distance in mm from each voxel of ``mask`` to the nearest voxel outside it.
+
+    The array's border counts as outside, except on the faces ``open_faces`` names (per axis, before and
+    after), beyond which the mask is taken to go on as its edge layer does: the faces on a scan's border.
+    """
+    padded = np.asarray(mask, dtype=bool)
+    for axis in range(padded.ndim):
+        for side in (0, 1):
+            width = [(0, 0)] * padded.ndim
+            width[axis] = (1, 0) if side == 0 else (0, 1)
+            if open_faces is not None and open_faces[axis][side]:
+                padded = np.pad(padded, width, mode="edge")
+            else:
+                padded = np.pad(padded, width, mode="constant", constant_values=False)
     return ndimage.distance_transform_edt(padded, sampling=spacing)[1:-1, 1:-1, 1:-1]
+
+
+def _faces_on_border(
+    box: Box, shape: Sequence[int], offset: Sequence[int] | None = None
+) -> list[tuple[bool, bool]]:
+    """For each axis, whether the box (shifted by ``offset``) starts at the array's first and ends at its last
+    index."""
+    off = [0] * len(shape) if offset is None else [int(o) for o in offset]
+    return [(s.start + o == 0, s.stop + o == n) for s, o, n in zip(box, off, shape, strict=True)]
 
 
 def box_offset(box: Box) -> np.ndarray:
@@ -48,18 +78,41 @@ def box_offset(box: Box) -> np.ndarray:
 
 
 def deep_voxel(
-    mask: np.ndarray, spacing: np.ndarray, fraction: float, rng: np.random.Generator
+    mask: np.ndarray,
+    spacing: np.ndarray,
+    fraction: float,
+    rng: np.random.Generator,
+    border_is_boundary: bool = True,
 ) -> np.ndarray | None:
     """A voxel drawn among those of ``mask`` at least ``fraction`` of its largest distance (mm) to its
-    boundary, int64 ``(3,)``; ``None`` when ``mask`` is empty."""
+    boundary, int64 ``(3,)``; ``None`` when ``mask`` is empty. With ``border_is_boundary`` false (the mask
+    is a whole scan's) they are narrowed by the depth with the scan's border open too (module description)."""
     box = bounding_box(mask)
     if box is None:
         return None
-    dist = _interior_distance(mask[box], spacing)
-    threshold = dist.max() * fraction
-    # Exact equality at fraction 1.0 keeps only the maximum; the tiny slack absorbs float rounding.
-    candidates = np.argwhere(dist >= threshold * (1.0 - 1e-9))
+    faces = None if border_is_boundary else _faces_on_border(box, mask.shape)
+    candidates = np.argwhere(_deepest(mask[box], spacing, fraction, faces))
     return (candidates[rng.integers(len(candidates))] + box_offset(box)).astype(np.int64)
+
+
+def _deepest(
+    mask: np.ndarray, spacing: np.ndarray, fraction: float, open_faces: Sequence[tuple[bool, bool]] | None
+) -> np.ndarray:
+    """The voxels of ``mask`` at least ``fraction`` of its largest distance (mm) to its boundary, boolean.
+
+    With ``open_faces`` (faces on the scan's border, beyond which the organ goes on) these voxels are
+    narrowed to those also at least ``fraction`` of their largest depth with those faces open: on a scan of
+    a few slices the depth is otherwise the distance to the scan's edge for almost the whole section, and
+    the open depth finds the section's middle; an organ cut by the scan's edge keeps its distance from it.
+    """
+    # Exact equality at fraction 1.0 keeps only the maximum; the tiny slack absorbs float rounding.
+    slack = 1.0 - 1e-9
+    dist = _interior_distance(mask, spacing)
+    keep = dist >= dist.max() * fraction * slack
+    if open_faces is not None and any(any(f) for f in open_faces):
+        opened = _interior_distance(mask, spacing, open_faces)
+        keep &= opened >= opened[keep].max() * fraction * slack
+    return keep
 
 
 class ClickSimulator:
@@ -70,13 +123,18 @@ class ClickSimulator:
             same sequence of calls give the same clicks.
         interior_fraction: the first click is drawn among organ voxels at least this fraction of the maximum
             distance to the boundary, in ``(0, 1]``.
+        border_is_boundary: True: the array's border is only a boundary (the array is a crop, as the
+            training's regions are; their clicks have always been drawn so). False (the benchmark user, on
+            whole scans): the clicks are narrowed by the depth with the scan's border open as well (module
+            description), so that on a scan of a few slices they land in the middle of the organ's section.
     """
 
-    def __init__(self, seed: int, interior_fraction: float = 0.9) -> None:
+    def __init__(self, seed: int, interior_fraction: float = 0.9, border_is_boundary: bool = False) -> None:
         if not 0.0 < interior_fraction <= 1.0:
             raise ValueError(f"interior_fraction must be in (0, 1], got {interior_fraction}")
         self.seed = int(seed)
         self.interior_fraction = float(interior_fraction)
+        self.border_is_boundary = bool(border_is_boundary)
         self._rng = np.random.default_rng(self.seed)
 
     def first_click(
@@ -94,7 +152,9 @@ class ClickSimulator:
         Raises:
             PesfError: when ``gt`` is empty.
         """
-        ijk = deep_voxel(self._check(gt), as_spacing(spacing), self.interior_fraction, self._rng)
+        ijk = deep_voxel(
+            self._check(gt), as_spacing(spacing), self.interior_fraction, self._rng, self.border_is_boundary
+        )
         if ijk is None:
             raise PesfError("cannot simulate a click on an empty organ mask (the label has no voxel of it)")
         return ijk, True
@@ -138,8 +198,8 @@ class ClickSimulator:
         fp_size = 0 if fp_region is None else int(fp_region[0].sum())
         positive = fn_size >= fp_size
         region, region_box = fn_region if positive else fp_region  # type: ignore[misc]
-        dist = _interior_distance(region, sp)
-        peaks = np.argwhere(dist >= dist.max() * (1.0 - 1e-9))
+        faces = None if self.border_is_boundary else _faces_on_border(region_box, gt.shape, box_offset(box))
+        peaks = np.argwhere(_deepest(region, sp, 1.0, faces))
         ijk = peaks[self._rng.integers(len(peaks))] + box_offset(region_box) + box_offset(box)
         return ijk.astype(np.int64), bool(positive)
 

@@ -55,7 +55,7 @@ class TrainingClicker:
     """
 
     def __init__(self, seed: int, interior_fraction: float = 0.9, erosion: int = 1) -> None:
-        self._exact = ClickSimulator(seed, interior_fraction)
+        self._exact = ClickSimulator(seed, interior_fraction, border_is_boundary=True)
         self._rng = np.random.default_rng([int(seed), 1])
         self.erosion = int(erosion)
 

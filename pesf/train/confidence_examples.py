@@ -244,7 +244,7 @@ def _pair_examples(
     if not tgt_grid.any():  # organ thinner than the click grid
         grid, factor, tgt_grid = size, 1, tgt.numpy()
     k = max(1, settings.sequences)
-    sims = [ClickSimulator(seed=int(rng.integers(2**31))) for _ in range(k)]
+    sims = [ClickSimulator(seed=int(rng.integers(2**31)), border_is_boundary=True) for _ in range(k)]
     jitter = [i % 2 == 1 for i in range(k)]
     wrong = rng.random(k) < settings.wrong_click_prob
     use_prev = torch.from_numpy(rng.random(k) < settings.prev_mask_prob).float().view(k, 1, 1, 1, 1)

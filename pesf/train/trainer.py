@@ -392,7 +392,11 @@ class Trainer:
             image, target, known = self._batch([sample])
             with self._autocast():
                 _, _, preds = runner(
-                    image, target, known, [ClickSimulator(cfg.seed + index)], [sample.spacing]
+                    image,
+                    target,
+                    known,
+                    [ClickSimulator(cfg.seed + index, border_is_boundary=True)],
+                    [sample.spacing],
                 )
             truth, mask = target[:, 0] > 0.5, known[:, 0]
             per_sample[item.key] = [round(known_dice(p, truth, mask), 5) for p in preds]
