@@ -18,7 +18,7 @@ users get it) and ``growcut`` (Slicer's Grow from seeds with the same clicks). `
 field of :class:`~pesf.interactive.refine.RefineConfig`, repeatable) adds a row with those widths changed, to
 try a variant against the default on the same clicks. ``--seeds K`` averages every Dice over click seeds
 0..K-1 (one simulated user is one draw of where the clicks land): over seeds 0-3, refine
-0.604 / 0.664 / 0.722, model 0.553 / 0.594 / 0.604, growcut 0.378 / 0.583 / 0.628.
+0.604 / 0.664 / 0.722, model 0.553 / 0.594 / 0.604, growcut 0.378 / 0.582 / 0.628.
 
 As users get it, ``--model default`` segments the MR structures with the default model's MR weights
 (``default-mr``; see :mod:`pesf.models.variants`): refine 0.610 / 0.665 / 0.728 over all 24, MR
