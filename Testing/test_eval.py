@@ -120,8 +120,8 @@ def test_first_click_respects_anisotropic_spacing():
 
 
 def test_first_click_on_a_few_slice_scan_lands_in_the_middle_of_the_organ_s_section():
-    # A scan of three 1 mm slices through a 40 x 30 mm section: the scan's edge is not the organ's boundary,
-    # so the click is near the section's centre (and on the middle slice), not anywhere 2 mm from its edge.
+    # A scan of three 1 mm slices through a 40 x 30 mm section: almost the whole middle slice lies 2 mm from
+    # the scan's edge; the depth with that edge open narrows the click to the section's middle.
     gt = np.zeros((60, 50, 3), dtype=bool)
     gt[10:50, 10:40, :] = True
     clicks = np.array([ClickSimulator(s).first_click(gt, (1.0, 1.0, 1.0))[0] for s in range(20)])
@@ -136,6 +136,19 @@ def test_first_click_on_a_few_slice_scan_lands_in_the_middle_of_the_organ_s_sect
     )
     crop_edge = np.minimum.reduce([crop[:, 0] - 9.5, 49.5 - crop[:, 0], crop[:, 1] - 9.5, 39.5 - crop[:, 1]])
     assert crop_edge.min() < 5
+
+
+@pytest.mark.parametrize("organ", sorted(ORGANS))
+def test_clicks_on_an_organ_away_from_the_scan_s_border_are_as_they_always_were(organ):
+    gt = ORGANS[organ]
+    pred = np.roll(gt, 2, axis=0)
+    for seed in range(4):
+        new, old = ClickSimulator(seed), ClickSimulator(seed, border_is_boundary=True)
+        assert np.array_equal(
+            new.first_click(gt, (0.7, 0.8, 2.5))[0], old.first_click(gt, (0.7, 0.8, 2.5))[0]
+        )
+        a, b = new.next_click(gt, pred, (0.7, 0.8, 2.5)), old.next_click(gt, pred, (0.7, 0.8, 2.5))
+        assert np.array_equal(a[0], b[0]) and a[1] == b[1]
 
 
 def test_first_click_on_an_organ_through_the_scan_stays_off_the_scan_s_last_slices():
