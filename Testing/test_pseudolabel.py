@@ -186,6 +186,26 @@ def test_prompts_on_a_c_shaped_organ_stay_inside_and_spread(spacing):
     assert all(not (ijk[0] < 5 and ijk[1] < 5) for ijk, _ in prompts_from_mask(with_island, spacing, 3, 3))
 
 
+def test_prompts_on_a_flat_organ_and_a_few_slice_scan_sit_in_the_middle_of_its_section():
+    # A 40 x 30 mm section 10 mm thick: the deepest voxels (5 mm) fill most of its middle layer; the click is
+    # their centre, not the first of them in index order (a corner of the section).
+    flat = np.zeros((60, 50, 20), bool)
+    flat[10:50, 10:40, 5:15] = True
+    ((ijk, _),) = prompts_from_mask(flat, (1.0, 1.0, 1.0), n_negative=0)
+    assert abs(ijk[0] - 29.5) <= 1 and abs(ijk[1] - 24.5) <= 1
+    # The same section on a scan of three 1 mm slices: the scan's edge bounds every depth at 2 mm; the depth
+    # with that edge open finds the section's middle, on the middle slice.
+    thin = np.zeros((60, 50, 3), bool)
+    thin[10:50, 10:40, :] = True
+    ((ijk, _),) = prompts_from_mask(thin, (1.0, 1.0, 1.0), n_negative=0)
+    assert ijk[2] == 1 and abs(ijk[0] - 29.5) <= 1 and abs(ijk[1] - 24.5) <= 1
+    # Three clicks: one per slab along the longest axis, each in its slab's middle, the middle slab's first.
+    clicks = [ijk for ijk, _ in prompts_from_mask(thin, (1.0, 1.0, 1.0), n_positive=3, n_negative=0)]
+    assert all(c[2] == 1 and abs(c[1] - 24.5) <= 1 for c in clicks)
+    others = sorted(c[0] for c in clicks[1:])
+    assert abs(clicks[0][0] - 29.5) <= 1 and others[0] < 23 and others[1] > 36
+
+
 def test_prompts_follow_the_spacing_in_mm():
     """Two joined boxes at spacing (2, 2, 1) mm: A is thicker in voxels (8^3), B in millimetres (6x6x24
     voxels, 12x12x24 mm). The click goes into B, the most interior in mm; on a 1 mm grid into A."""

@@ -38,12 +38,19 @@ from scipy import ndimage
 from pesf.errors import PesfError
 from pesf.eval.metrics import Box, as_spacing, bounding_box
 
-__all__ = ["ClickSimulator", "box_offset", "deep_voxel"]
+__all__ = [
+    "ClickSimulator",
+    "box_offset",
+    "deep_voxel",
+    "deepest_voxels",
+    "faces_on_border",
+    "interior_distance",
+]
 
 _STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
 
 
-def _interior_distance(
+def interior_distance(
     mask: np.ndarray, spacing: np.ndarray, open_faces: Sequence[tuple[bool, bool]] | None = None
 ) -> np.ndarray:
     """Distance in mm from each voxel of ``mask`` to the nearest voxel outside it.
@@ -63,7 +70,7 @@ def _interior_distance(
     return ndimage.distance_transform_edt(padded, sampling=spacing)[1:-1, 1:-1, 1:-1]
 
 
-def _faces_on_border(
+def faces_on_border(
     box: Box, shape: Sequence[int], offset: Sequence[int] | None = None
 ) -> list[tuple[bool, bool]]:
     """For each axis, whether the box (shifted by ``offset``) starts at the array's first and ends at its last
@@ -90,12 +97,12 @@ def deep_voxel(
     box = bounding_box(mask)
     if box is None:
         return None
-    faces = None if border_is_boundary else _faces_on_border(box, mask.shape)
-    candidates = np.argwhere(_deepest(mask[box], spacing, fraction, faces))
+    faces = None if border_is_boundary else faces_on_border(box, mask.shape)
+    candidates = np.argwhere(deepest_voxels(mask[box], spacing, fraction, faces))
     return (candidates[rng.integers(len(candidates))] + box_offset(box)).astype(np.int64)
 
 
-def _deepest(
+def deepest_voxels(
     mask: np.ndarray, spacing: np.ndarray, fraction: float, open_faces: Sequence[tuple[bool, bool]] | None
 ) -> np.ndarray:
     """The voxels of ``mask`` at least ``fraction`` of its largest distance (mm) to its boundary, boolean.
@@ -107,10 +114,10 @@ def _deepest(
     """
     # Exact equality at fraction 1.0 keeps only the maximum; the tiny slack absorbs float rounding.
     slack = 1.0 - 1e-9
-    dist = _interior_distance(mask, spacing)
+    dist = interior_distance(mask, spacing)
     keep = dist >= dist.max() * fraction * slack
     if open_faces is not None and any(any(f) for f in open_faces):
-        opened = _interior_distance(mask, spacing, open_faces)
+        opened = interior_distance(mask, spacing, open_faces)
         keep &= opened >= opened[keep].max() * fraction * slack
     return keep
 
@@ -198,8 +205,8 @@ class ClickSimulator:
         fp_size = 0 if fp_region is None else int(fp_region[0].sum())
         positive = fn_size >= fp_size
         region, region_box = fn_region if positive else fp_region  # type: ignore[misc]
-        faces = None if self.border_is_boundary else _faces_on_border(region_box, gt.shape, box_offset(box))
-        peaks = np.argwhere(_deepest(region, sp, 1.0, faces))
+        faces = None if self.border_is_boundary else faces_on_border(region_box, gt.shape, box_offset(box))
+        peaks = np.argwhere(deepest_voxels(region, sp, 1.0, faces))
         ijk = peaks[self._rng.integers(len(peaks))] + box_offset(region_box) + box_offset(box)
         return ijk.astype(np.int64), bool(positive)
 

@@ -9,7 +9,10 @@ How clicks are placed on a mask (:func:`prompts_from_mask`):
 * Only the largest connected component (26-connectivity) is prompted; stray islands of another tool's output
   are not worth a click.
 * **Positive clicks** sit at the most interior voxels: the maximum of the Euclidean distance to the boundary
-  in millimetres (so anisotropic spacing is respected). For several clicks the component is cut along its
+  in millimetres (so anisotropic spacing is respected); of several such voxels (a flat organ, or one on a
+  scan of a few slices, where the scan's edge bounds the depth) those deepest with the scan's border open
+  are kept, as the benchmark user narrows them (:mod:`pesf.eval.clicks`), and of those the one nearest
+  their centre is taken (before, the first in index order: near a corner of the organ's section). For several clicks the component is cut along its
   longest axis (the first principal axis of its voxels in mm) into slabs holding equal numbers of voxels,
   and each slab contributes its most interior voxel (the cuts counting as boundary, so clicks do not crowd
   at a cut); the most interior of these clicks comes first, as it opens the organ's first region. A maximum of
@@ -34,7 +37,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-from pesf.eval.clicks import box_offset
+from pesf.eval.clicks import box_offset, deepest_voxels, faces_on_border, interior_distance
 from pesf.io.prompts import OrganPrompt
 
 __all__ = [
@@ -81,10 +84,15 @@ def _largest_component(mask: np.ndarray) -> tuple[np.ndarray, tuple[slice, slice
     return labels[box] == chosen, box
 
 
-def _interior_distance(mask: np.ndarray, spacing: np.ndarray) -> np.ndarray:
-    """Distance (mm) from each voxel of ``mask`` to the nearest voxel outside it; the array border counts."""
-    padded = np.pad(mask, 1, mode="constant", constant_values=False)
-    return ndimage.distance_transform_edt(padded, sampling=spacing)[1:-1, 1:-1, 1:-1]
+def _centre_of_deepest(
+    mask: np.ndarray, spacing: np.ndarray, open_faces: Sequence[tuple[bool, bool]] | None
+) -> np.ndarray:
+    """The most interior voxel of ``mask`` (float64 indices): of the voxels at its largest distance to the
+    boundary, narrowed by the depth with the scan's border open (:func:`pesf.eval.clicks.deepest_voxels`),
+    the one nearest their centre (the first in index order on a tie)."""
+    coords = np.argwhere(deepest_voxels(mask, spacing, 1.0, open_faces))
+    offsets = (coords - coords.mean(axis=0)) * spacing
+    return coords[int(np.argmin((offsets**2).sum(axis=1)))].astype(np.float64)
 
 
 def _principal_axis(coords_mm: np.ndarray) -> np.ndarray:
@@ -114,15 +122,18 @@ def auto_positive_count(mask: np.ndarray, spacing: Sequence[float] | np.ndarray)
     return int(min(AUTO_MAX_POSITIVE, max(1, math.ceil(length / AUTO_MM_PER_CLICK))))
 
 
-def _positive_clicks(component: np.ndarray, sp: np.ndarray, n: int) -> list[np.ndarray]:
+def _positive_clicks(
+    component: np.ndarray, sp: np.ndarray, n: int, open_faces: Sequence[tuple[bool, bool]] | None = None
+) -> list[np.ndarray]:
     """The centre of each of ``n`` equal-count slabs along the longest axis (component crop indices).
 
     A slab's centre is its most interior voxel, the slab cuts counting as boundary, so neighbouring clicks
-    never crowd at a shared cut. Returned most interior (in the whole organ) first.
+    never crowd at a shared cut. Returned most interior (in the whole organ) first. ``open_faces``: the
+    faces of the crop on the scan's border (see :func:`_centre_of_deepest`).
     """
-    dist = _interior_distance(component, sp)
+    dist = interior_distance(component, sp)
     if n <= 1:
-        return [np.array(np.unravel_index(int(np.argmax(dist)), dist.shape), dtype=np.float64)]
+        return [_centre_of_deepest(component, sp, open_faces)]
     coords = np.argwhere(component)
     n = min(n, len(coords))
     projection = (coords * sp) @ _principal_axis(coords * sp)
@@ -132,9 +143,10 @@ def _positive_clicks(component: np.ndarray, sp: np.ndarray, n: int) -> list[np.n
         slab[tuple(coords[part].T)] = s
     clicks = []
     for s in range(1, n + 1):
-        piece = _interior_distance(slab == s, sp)
-        clicks.append(np.array(np.unravel_index(int(np.argmax(piece)), piece.shape), dtype=np.float64))
-    clicks.sort(key=lambda c: -dist[tuple(c.astype(int))])  # the most interior opens the organ's first region
+        clicks.append(_centre_of_deepest(slab == s, sp, open_faces))
+    # the most interior opens the organ's first region (of equally deep ones, the deepest with the border open)
+    opened = interior_distance(component, sp, open_faces)
+    clicks.sort(key=lambda c: (-dist[tuple(c.astype(int))], -opened[tuple(c.astype(int))]))
     return clicks
 
 
@@ -218,7 +230,10 @@ def prompts_from_mask(
     offset = box_offset(box).astype(np.float64)
     if n_positive is None:
         n_positive = auto_positive_count(component, sp)
-    clicks: list[Click] = [(p + offset, True) for p in _positive_clicks(component, sp, max(1, n_positive))]
+    faces = faces_on_border(box, mask.shape)
+    clicks: list[Click] = [
+        (p + offset, True) for p in _positive_clicks(component, sp, max(1, n_positive), faces)
+    ]
     if n_negative > 0:
         negatives = _negative_clicks(component, box, mask, sp, n_negative, negative_margin_mm, rng)
         clicks += [(p, False) for p in negatives]
