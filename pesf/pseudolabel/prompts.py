@@ -12,12 +12,12 @@ How clicks are placed on a mask (:func:`prompts_from_mask`):
   in millimetres (so anisotropic spacing is respected); of several such voxels (a flat organ, or one on a
   scan of a few slices, where the scan's edge bounds the depth) those deepest with the scan's border open
   are kept, as the benchmark user narrows them (:mod:`pesf.eval.clicks`), and of those the one nearest
-  their centre is taken (before, the first in index order: near a corner of the organ's section). For several clicks the component is cut along its
-  longest axis (the first principal axis of its voxels in mm) into slabs holding equal numbers of voxels,
-  and each slab contributes its most interior voxel (the cuts counting as boundary, so clicks do not crowd
-  at a cut); the most interior of these clicks comes first, as it opens the organ's first region. A maximum of
-  the distance transform is a voxel of the organ, so clicks stay inside curved (C-shaped) or thin organs,
-  where the centre of mass may fall outside.
+  their centre is taken, not a corner of the organ's section. For several clicks the component is cut
+  along its longest axis (the first principal axis of its voxels in mm) into slabs holding equal numbers of
+  voxels, and each slab contributes its most interior voxel (the cuts counting as boundary, so clicks do
+  not crowd at a cut); the most interior of these clicks comes first, as it opens the organ's first region.
+  A maximum of the distance transform is a voxel of the organ, so clicks stay inside curved (C-shaped) or
+  thin organs, where the centre of mass may fall outside.
 * **Negative clicks** sit in a thin shell just outside the component (``negative_margin_mm`` from its
   boundary), spread by farthest-point sampling starting at the end of the longest axis, where leakage into
   neighbours is most likely; never on another part of the mask.
@@ -145,7 +145,8 @@ def _positive_clicks(
     for s in range(1, n + 1):
         clicks.append(_centre_of_deepest(slab == s, sp, open_faces))
     # the most interior opens the organ's first region (of equally deep ones, the deepest with the border open)
-    opened = interior_distance(component, sp, open_faces)
+    has_open = open_faces is not None and any(any(f) for f in open_faces)
+    opened = interior_distance(component, sp, open_faces) if has_open else dist
     clicks.sort(key=lambda c: (-dist[tuple(c.astype(int))], -opened[tuple(c.astype(int))]))
     return clicks
 
