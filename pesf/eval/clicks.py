@@ -58,15 +58,14 @@ def interior_distance(
     The array's border counts as outside, except on the faces ``open_faces`` names (per axis, before and
     after), beyond which the mask is taken to go on as its edge layer does: the faces on a scan's border.
     """
-    padded = np.asarray(mask, dtype=bool)
-    for axis in range(padded.ndim):
-        for side in (0, 1):
-            width = [(0, 0)] * padded.ndim
-            width[axis] = (1, 0) if side == 0 else (0, 1)
-            if open_faces is not None and open_faces[axis][side]:
-                padded = np.pad(padded, width, mode="edge")
-            else:
-                padded = np.pad(padded, width, mode="constant", constant_values=False)
+    padded = np.pad(np.asarray(mask, dtype=bool), 1, mode="constant", constant_values=False)
+    for axis, sides in enumerate(open_faces or ()):
+        for pad, edge in ((0, 1), (-1, -2)):  # an open face's padding repeats the edge layer beside it
+            if sides[pad]:
+                dst = [slice(None)] * padded.ndim
+                src = [slice(None)] * padded.ndim
+                dst[axis], src[axis] = pad, edge
+                padded[tuple(dst)] = padded[tuple(src)]
     return ndimage.distance_transform_edt(padded, sampling=spacing)[1:-1, 1:-1, 1:-1]
 
 

@@ -131,9 +131,9 @@ def _positive_clicks(
     never crowd at a shared cut. Returned most interior (in the whole organ) first. ``open_faces``: the
     faces of the crop on the scan's border (see :func:`_centre_of_deepest`).
     """
-    dist = interior_distance(component, sp)
     if n <= 1:
         return [_centre_of_deepest(component, sp, open_faces)]
+    dist = interior_distance(component, sp)
     coords = np.argwhere(component)
     n = min(n, len(coords))
     projection = (coords * sp) @ _principal_axis(coords * sp)
