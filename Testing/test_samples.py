@@ -14,7 +14,7 @@ from pesf.eval.clicks import ClickSimulator
 from pesf.interactive.roi import ROI_DIRECTION, make_region, normalize_intensity
 from pesf.io.volume import Volume
 from pesf.train import samples as samples_module
-from pesf.train.augment import remap_intensity
+from pesf.train.augment import AIR_HU, remap_intensity, synthesize_contrast
 from pesf.train.samples import (
     AugmentConfig,
     TrainingSample,
@@ -247,6 +247,7 @@ def test_determinism(ct_volume, ct_labels) -> None:
         "scale_shift",
         "noise",
         "remap",
+        "label_contrast",
         "coverage",
     }
 
@@ -333,14 +334,21 @@ def test_intensity_augmentation_keeps_geometry(ct_volume, ct_labels) -> None:
     assert corr > 0.9
 
 
-def test_intensity_remap_swaps_tissue_brightness_and_keeps_the_statistics(ct_volume, ct_labels) -> None:
-    plain = prepare_sample(ct_volume, ct_labels, 6, None, np.random.default_rng(2), config=NONE)
-    remapped = prepare_sample(
-        ct_volume, ct_labels, 6, None, np.random.default_rng(2), config=only(remap_prob=1.0)
+def plain_and_augmented(ct_volume, ct_labels, value: int, seed: int, **probs: float):
+    """The sample of organ ``value`` without augmentation and with only ``probs``, from the same seed: the
+    intensity augmentations change the image and nothing else."""
+    plain = prepare_sample(ct_volume, ct_labels, value, None, np.random.default_rng(seed), config=NONE)
+    changed = prepare_sample(
+        ct_volume, ct_labels, value, None, np.random.default_rng(seed), config=only(**probs)
     )
+    assert torch.equal(plain.target, changed.target) and torch.equal(plain.known, changed.known)
+    assert not torch.equal(plain.image, changed.image)
+    return plain, changed
+
+
+def test_intensity_remap_swaps_tissue_brightness_and_keeps_the_statistics(ct_volume, ct_labels) -> None:
+    plain, remapped = plain_and_augmented(ct_volume, ct_labels, 6, 2, remap_prob=1.0)
     assert remapped.augmentations == ("remap",)
-    assert torch.equal(plain.target, remapped.target) and torch.equal(plain.known, remapped.known)
-    assert not torch.equal(plain.image, remapped.image)
     swapped = 0
     for seed in range(6):
         image = remap_intensity(plain.image, np.random.default_rng(seed), 6)
@@ -353,6 +361,40 @@ def test_intensity_remap_swaps_tissue_brightness_and_keeps_the_statistics(ct_vol
         y_by_x = y[torch.argsort(x)]
         swapped += int(bool((y_by_x[1:] < y_by_x[:-1] - 0.5).any()))
     assert swapped >= 3
+
+
+def test_contrast_from_the_labels_gives_organs_of_one_density_their_own_brightness(
+    ct_volume, ct_labels
+) -> None:
+    image, label = ct_volume.array, ct_labels.array
+    air = image < AIR_HU
+    kidney, spleen = label == 2, label == 1  # of one CT density (mean HU within 30 of each other here)
+    assert abs(float(image[kidney].mean()) - float(image[spleen].mean())) < 30
+    gaps = []
+    for seed in range(8):
+        painted = synthesize_contrast(image, label, np.random.default_rng(seed))
+        assert painted.shape == image.shape and painted.dtype == np.float32
+        assert np.array_equal(painted, synthesize_contrast(image, label, np.random.default_rng(seed)))
+        assert np.all(painted[air] == 0) and float(painted[~air].min()) > 0.019 and float(painted.max()) <= 1
+        # every structure keeps its shape: a structure is more uniform than the scan around it
+        assert float(painted[kidney].std()) < float(painted[~air].std())
+        gaps.append(abs(float(painted[kidney].mean()) - float(painted[spleen].mean())))
+    assert np.mean(gaps) > 0.15  # brightness drawn in [0.1, 1] per structure: mean gap 0.3
+    with pytest.raises(ValueError, match="shape"):
+        synthesize_contrast(image, label[:-1], np.random.default_rng(0))
+
+
+def test_contrast_from_the_labels_in_a_training_sample(ct_volume, ct_labels) -> None:
+    plain, painted = plain_and_augmented(ct_volume, ct_labels, 2, 4, label_contrast_prob=1.0)
+    assert painted.augmentations == ("label_contrast",)
+    # the organ stands out from its surroundings as it did (the region is normalised as any scan is)
+    for sample in (plain, painted):
+        inner = sample.target[0, 0] > 0
+        ring = torch.from_numpy(ndimage.binary_dilation(inner.numpy(), iterations=3)) & ~inner
+        assert abs(float(sample.image[0, 0][inner].mean()) - float(sample.image[0, 0][ring].mean())) > 0.1
+    assert AugmentConfig.from_overrides({"label_contrast_prob": 0.5}).label_contrast_prob == 0.5
+    with pytest.raises(ValueError, match="label_contrast_prob"):
+        AugmentConfig.from_overrides({"label_contrast_prob": 1.5})
 
 
 def test_remap_points_must_be_a_whole_number_of_at_least_two() -> None:

@@ -14,6 +14,11 @@ with one and the same map:
   intensity remapping (a piecewise-linear transfer curve through random values at the image's quantiles,
   not necessarily monotonic: tissues swap brightness as they do between CT and MR sequences, so the model
   learns shapes and edges rather than one modality's grey values): :func:`augment_intensity`;
+* contrast from the labels — the scan is repainted before the region is cut: every labelled structure gets
+  its own random brightness (keeping a reduced copy of its texture), the unlabelled tissue goes through a
+  random transfer curve, and air stays dark, as in MR. Unlike the remapping, which moves all tissues of one
+  CT density together (kidney, spleen and liver alike), neighbouring organs of the same density then differ,
+  so the model cannot lean on CT's ordering of organ brightness: :func:`synthesize_contrast`;
 * coverage — the scan is cut to a slab of slices around the region's centre (from a few millimetres, as a
   few-slice acquisition, to several centimetres): the region reads the fill value beyond it, and the
   organ is only asked for where the slab is, as for an organ at the edge of a scan's range. A slab at most
@@ -36,6 +41,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 __all__ = [
     "AugmentConfig",
@@ -44,6 +50,7 @@ __all__ = [
     "elastic_field",
     "random_pose",
     "remap_intensity",
+    "synthesize_contrast",
 ]
 
 
@@ -79,6 +86,8 @@ class AugmentConfig:
     extrude_mm: float = 0.0  # a slab at most this thick is extruded (its edge slices read on beyond it)
     # train on a synthetic target instead (a random blob; samples.synthetic_target)
     synthetic_prob: float = 0.0
+    # repaint the scan from its label map first (each structure its own brightness; synthesize_contrast)
+    label_contrast_prob: float = 0.0
 
     @classmethod
     def from_overrides(cls, overrides: dict | None) -> AugmentConfig:
@@ -209,3 +218,49 @@ def remap_intensity(image: torch.Tensor, rng: np.random.Generator, points: int) 
     if float(std) < 1e-6:  # a flat curve: keep the image
         return image
     return (out - out.mean()) / std * image.std() + image.mean()
+
+
+AIR_HU = -500.0
+"""Voxels of a CT below this are air (or lung) and stay dark in :func:`synthesize_contrast`."""
+
+
+def synthesize_contrast(
+    image: np.ndarray, label: np.ndarray, rng: np.random.Generator, points: int = 6
+) -> np.ndarray:
+    """A new contrast for a scan, painted from its label map (float32, same shape; values in ``[0, 1]``).
+
+    The tissue (for a CT: the voxels at or above :data:`AIR_HU`) first goes through a random transfer curve
+    (:func:`remap_intensity`, after a slight blur) scaled to ``[0.1, 1]``; then every labelled structure (label value other than 0)
+    takes its own random brightness in ``[0.1, 1]`` and keeps its texture scaled by a random factor in
+    ``[0.3, 1]``. Air is 0, as it is dark in MR (and left out of the region's normalisation, which uses the
+    voxels above 0). Structures of one CT density so differ from each other, as organs do between MR
+    sequences.
+
+    Args:
+        image: the scan's voxels (for a CT in HU).
+        label: its label map on the same grid (0 unlabelled).
+        rng: all random choices.
+        points: control points of the tissue's transfer curve.
+    """
+    x = np.asarray(image, dtype=np.float32)
+    lab = np.asarray(label)
+    if lab.shape != x.shape:
+        raise ValueError(f"label {lab.shape} and image {x.shape} differ in shape")
+    tissue = x >= AIR_HU if float(x.min()) < AIR_HU else np.ones(x.shape, dtype=bool)
+    out = np.zeros(x.shape, dtype=np.float32)
+    if not tissue.any():
+        return out
+    smooth = ndimage.gaussian_filter(x, 0.75)  # the curve's steep segments would amplify CT's noise
+    curve = remap_intensity(torch.from_numpy(smooth[tissue]), rng, points).numpy()
+    low, high = float(curve.min()), float(curve.max())
+    curve = 0.1 + 0.9 * (curve - low) / max(high - low, 1e-6)
+    values, inverse = np.unique(lab[tissue], return_inverse=True)
+    counts = np.bincount(inverse, minlength=len(values))
+    means = np.bincount(inverse, weights=curve, minlength=len(values)) / np.maximum(counts, 1)
+    brightness = rng.uniform(0.1, 1.0, len(values))
+    texture = rng.uniform(0.3, 1.0, len(values))
+    unlabelled = values == 0
+    brightness[unlabelled], texture[unlabelled] = means[unlabelled], 1.0
+    painted = brightness[inverse] + texture[inverse] * (curve - means[inverse])
+    out[tissue] = np.clip(painted, 0.02, 1.0)
+    return out

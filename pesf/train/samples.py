@@ -34,7 +34,14 @@ from pesf.eval.metrics import bounding_box
 from pesf.interactive.resample import axis_permutation, inside_mask, resample_affine, scan_border
 from pesf.interactive.roi import ROI_DIRECTION, make_region, normalize_intensity
 from pesf.io.volume import Volume
-from pesf.train.augment import AugmentConfig, augment_intensity, axis_rotation, elastic_field, random_pose
+from pesf.train.augment import (
+    AugmentConfig,
+    augment_intensity,
+    axis_rotation,
+    elastic_field,
+    random_pose,
+    synthesize_contrast,
+)
 
 __all__ = [
     "AugmentConfig",
@@ -399,6 +406,10 @@ def prepare_sample(
         center = _choose_center(label, mask, direction, region_spacing, roi_size, rng, jitter)
     grid = _RegionGrid(center, direction, region_spacing, int(roi_size))
     disp = elastic_field(rng, cfg, grid.size) if rng.random() < cfg.elastic_prob else None
+    if cfg.label_contrast_prob > 0 and rng.random() < cfg.label_contrast_prob and label.same_geometry(image):
+        painted = synthesize_contrast(image.array, label.array, rng, cfg.remap_points)
+        image = Volume(painted, image.origin, image.spacing, image.direction)
+        applied.append("label_contrast")
     source = image
     extrude = None
     if cfg.coverage_prob > 0 and rng.random() < cfg.coverage_prob:
