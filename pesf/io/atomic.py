@@ -76,7 +76,8 @@ def check_output_path(path: str | os.PathLike[str]) -> Path:
 
 
 def _fsync_file(path: Path) -> None:
-    """Flush a written file to disk (best effort: not every platform lets a read-only handle fsync)."""
+    """Flush a written file (or a folder's entries) to disk (best effort: not every platform lets a
+    read-only handle fsync)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -91,18 +92,8 @@ def _fsync_file(path: Path) -> None:
 
 def _fsync_folder(folder: Path) -> None:
     """Make a rename durable by syncing its folder (POSIX only; a no-op elsewhere)."""
-    if os.name != "posix":
-        return
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    if os.name == "posix":
+        _fsync_file(folder)
 
 
 def _remove_quietly(path: Path) -> None:
