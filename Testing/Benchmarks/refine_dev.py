@@ -18,11 +18,12 @@ users get it) and ``growcut`` (Slicer's Grow from seeds with the same clicks). `
 field of :class:`~pesf.interactive.refine.RefineConfig`, repeatable) adds a row with those widths changed, to
 try a variant against the default on the same clicks. ``--seeds K`` averages every Dice over click seeds
 0..K-1 (one simulated user is one draw of where the clicks land): over seeds 0-3, refine
-0.604 / 0.664 / 0.722, model 0.553 / 0.594 / 0.604, growcut 0.378 / 0.582 / 0.628.
+0.606 / 0.669 / 0.725, model 0.556 / 0.598 / 0.609, growcut 0.378 / 0.582 / 0.628.
 
 As users get it, ``--model default`` segments the MR structures with the default model's MR weights
-(``default-mr``; see :mod:`pesf.models.variants`): refine 0.610 / 0.665 / 0.728 over all 24, MR
-0.556 / 0.638 / 0.708. A checkpoint that names no variants (such as ``default-7``'s weights before the pair)
+(``default-mr``; see :mod:`pesf.models.variants`): refine 0.609 / 0.671 / 0.740 over all 24, MR
+0.554 / 0.652 / 0.740 (with the earlier MR weights ``default-mr-2``: 0.610 / 0.665 / 0.728 and
+0.556 / 0.638 / 0.708). A checkpoint that names no variants (such as ``default-7``'s weights before the pair)
 segments every set with itself: refine 0.564 / 0.657 / 0.712, MR 0.432 / 0.617 / 0.667. This is how the MR
 weights were chosen (``Resources/Models/README.md``).
 """

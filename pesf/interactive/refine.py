@@ -46,7 +46,7 @@ previous default) 0.491 / 0.618 / 0.659; as described here but with a box of the
 repository holds (all but the brain MR's edema): model alone 0.503 / 0.539 / 0.546, as described here
 0.564 / 0.657 / 0.712 (0.563 / 0.653 / 0.719 with a box of the mask alone), grow-cut 0.383 / 0.585 / 0.604,
 all with the CT weights (``default-7``; with the default model's MR weights on the MR, as sessions now
-segment it, 0.610 / 0.665 / 0.728);
+segment it, 0.609 / 0.671 / 0.740, and 0.610 / 0.665 / 0.728 with the earlier ``default-mr-2``);
 ``--refine FIELD=VALUE`` adds a variant's row. ``cover_unsure`` and ``max_blocks`` were chosen on these and
 on few-slice slabs of the sample CT (``Testing/Benchmarks/slab_dev.py``, 13 structures: 0.576 / 0.756 /
 0.857 -> 0.583 / 0.816 / 0.880). With the larger boxes, 64^3 blocks were too coarse (the five thin
