@@ -308,3 +308,34 @@ def test_dev_benchmarks_average_over_simulated_users(ct_volume, ct_labels):
         np.testing.assert_allclose(both[key], np.mean([a[key] for a in alone], axis=0), atol=1e-9)
         assert alone[0][key] != alone[1][key]  # two users, two sets of clicks
     assert dev.seeds_text(1) == "seed 0" and dev.seeds_text(4) == "mean over click seeds 0-3"
+
+
+def test_dev_holdout_recipe_holds_out_exactly_the_refinement_dev_structures():
+    """The proxy recipe (``recipe/dev-holdout``) trains on the default recipe's organ lists without the ten
+    structures of ``refine_dev.py``'s set A, so that ``refine_dev.py --sets A --model <proxy>`` scores
+    structures that model never learned; its stage config is valid for ``pesf train``."""
+    from pesf.resources import models_dir
+    from pesf.train.config import load_config
+
+    recipe = models_dir() / "recipe"
+    dev = _benchmark("refine_dev")
+    a_set = {f"{name}={value}" for name, value in dev.SETS[0][3].items()}
+    assert dev.SETS[0][0] == "A" and len(a_set) == 10
+    for name in ("organs-A_ct_full.txt", "organs-A_ct_full-all.txt"):
+        full = (recipe / name).read_text().strip().split(",")
+        proxy = (recipe / "dev-holdout" / name).read_text().strip().split(",")
+        assert proxy == [item for item in full if item not in a_set], name
+        assert a_set & set(full), name  # the default model did train on (some of) them
+    load_config(recipe / "dev-holdout" / "train-stage3.json")
+
+
+def test_refinement_dev_benchmark_chooses_its_sets():
+    """``refine_dev.py --sets`` keeps the named groups in their order and refuses an unknown one with a
+    one-line message naming the choices."""
+    dev = _benchmark("refine_dev")
+    assert dev.chosen_sets(None) == ["A", "A thin", "MR"]
+    assert dev.chosen_sets("MR, A") == ["A", "MR"]
+    with pytest.raises(ValueError, match="'B'.*choose from 'A', 'A thin', 'MR'"):
+        dev.chosen_sets("A,B")
+    with pytest.raises(SystemExit):
+        dev.main(["--sets", "B"])
