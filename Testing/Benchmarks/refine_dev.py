@@ -30,9 +30,9 @@ weights were chosen (``Resources/Models/README.md``).
 
 ``--sets`` scores only some groups. With ``--sets A`` and ``--model`` a proxy trained without A's ten
 structures (``Resources/Models/recipe/dev-holdout``, about 50 minutes), those ten become structures the model
-never learned, as the evaluation table's held-out ones are for the default model: the proxy's refine
-0.397 / 0.533 / 0.606, model 0.321 / 0.394 / 0.407, growcut 0.282 / 0.601 / 0.668 over seeds 0-3 (``Resources/Models/README.md``, "A proxy
-for structures the model never learned").
+never learned, as the evaluation table's held-out ones are for the default model. Over seeds 0-3 the proxy's
+refine 0.397 / 0.533 / 0.606, model 0.321 / 0.394 / 0.407, growcut 0.282 / 0.601 / 0.668
+(``Resources/Models/README.md``, "A proxy for structures the model never learned").
 """
 
 from __future__ import annotations
