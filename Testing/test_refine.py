@@ -9,7 +9,7 @@ from scipy import ndimage
 
 from pesf.eval.metrics import dice
 from pesf.interactive import InteractiveSession, SessionConfig
-from pesf.interactive.refine import BACKGROUND, ORGAN, RefineConfig, geodesic_grow, refine_mask
+from pesf.interactive.refine import BACKGROUND, ORGAN, RefineConfig, geodesic_grow, refine_mask, tissue_reach
 from pesf.io.volume import Volume
 
 
@@ -52,6 +52,8 @@ def test_refinement_starts_at_from_click() -> None:
     assert dice(organ, out) > 0.97  # a right mask stays right
     with pytest.raises(ValueError, match="from_click"):
         RefineConfig(from_click=0)
+    with pytest.raises(ValueError, match="lift_cost"):
+        RefineConfig(lift_cost=-1.0)
     with pytest.raises(ValueError, match="differ in shape"):
         refine_mask(image, organ, full, [1.0] * 3, [(click, True)], logits=np.zeros((2, 2, 2), np.float32))
 
@@ -242,3 +244,38 @@ def test_the_session_refines_from_the_first_click_by_default() -> None:
         result = session.add_click("organ", centre, True)
         assert ("refine_s" in result.timings) == refined
         assert result.full_mask()[32, 32, 24]
+
+
+def test_tissue_reach_stops_at_the_first_edge() -> None:
+    image = np.zeros((40, 12, 12), dtype=np.float32)
+    image[20:] = 100.0
+    start = np.zeros(image.shape, dtype=bool)
+    start[5, 6, 6] = True
+    reached = tissue_reach(image, start, 0.15)
+    assert reached[:20].all() and not reached[20:].any()  # the flat side whole, nothing past the edge
+    assert not tissue_reach(image, np.zeros(image.shape, dtype=bool), 0.15).any()
+
+
+def test_a_positive_click_lifts_the_sure_background_in_its_tissue() -> None:
+    """A long bar the model found only one end of, sure of the background everywhere else: a positive click
+    farther along frees the bar's sure background beyond ``free_mm`` (the tissue the click lies in), and
+    none of the dark background around it."""
+    rng = np.random.default_rng(0)
+    image = (rng.normal(0, 0.05, (90, 24, 24))).astype(np.float32)
+    bar = np.zeros(image.shape, dtype=bool)
+    bar[5:85, 8:16, 8:16] = True
+    image[bar] += 100.0
+    found = bar.copy()
+    found[30:] = False
+    logits = np.where(found, 8.0, -10.0).astype(np.float32)
+    full = tuple(slice(0, n) for n in image.shape)
+    clicks = [(np.array([15, 12, 12]), True), (np.array([60, 12, 12]), True)]
+    masks = {}
+    for cost in (0.0, 0.15):
+        cfg = RefineConfig(lift_cost=cost)
+        box, refined = refine_mask(image, found, full, [1.0] * 3, clicks, cfg, logits=logits)
+        masks[cost] = np.zeros(image.shape, dtype=bool)
+        masks[cost][box] = refined
+    assert not masks[0.0][33:42].any()  # between the two, beyond the click's ball: the sure background holds
+    assert masks[0.15][bar & (np.arange(90) < 65)[:, None, None]].all()  # the whole bar up to the click
+    assert not (masks[0.15] & ~bar).any()
