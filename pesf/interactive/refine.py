@@ -324,8 +324,9 @@ def refine_mask(
 
 def _tissue_lift(image: np.ndarray, centre: np.ndarray, spacing: np.ndarray, cfg: RefineConfig) -> np.ndarray:
     """The voxels of ``image`` that the ball of ``cfg.click_mm`` around ``centre`` reaches at a path cost
-    below ``cfg.lift_cost`` within ``cfg.lift_mm``: on a crop about the click, twice as wide while the reach
-    touches its faces (a click's tissue is usually much smaller than ``lift_mm``)."""
+    below ``cfg.lift_cost``, searched on a crop about the click that grows, twice as wide, while the reach
+    touches its faces, up to ``cfg.lift_mm`` (a click's tissue is usually much smaller; the caller keeps the
+    voxels within ``lift_mm``)."""
     scale = float(image.std()) or 1.0
     shape = np.array(image.shape)
     radius = min(2 * cfg.free_mm, cfg.lift_mm)
@@ -345,7 +346,7 @@ def _tissue_lift(image: np.ndarray, centre: np.ndarray, spacing: np.ndarray, cfg
             break
         radius = min(2 * radius, cfg.lift_mm)
     out = np.zeros(image.shape, dtype=bool)
-    out[near] = reached & _ball(tuple(hi - lo), centre - lo, cfg.lift_mm, spacing)
+    out[near] = reached
     return out
 
 
