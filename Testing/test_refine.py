@@ -54,6 +54,8 @@ def test_refinement_starts_at_from_click() -> None:
         RefineConfig(from_click=0)
     with pytest.raises(ValueError, match="lift_cost"):
         RefineConfig(lift_cost=-1.0)
+    with pytest.raises(ValueError, match="lift_cost_missed"):
+        RefineConfig(lift_cost_missed=-0.3)
     with pytest.raises(ValueError, match="differ in shape"):
         refine_mask(image, organ, full, [1.0] * 3, [(click, True)], logits=np.zeros((2, 2, 2), np.float32))
 
@@ -279,3 +281,34 @@ def test_a_positive_click_lifts_the_sure_background_in_its_tissue() -> None:
     assert not masks[0.0][33:42].any()  # between the two, beyond the click's ball: the sure background holds
     assert masks[0.15][bar & (np.arange(90) < 65)[:, None, None]].all()  # the whole bar up to the click
     assert not (masks[0.15] & ~bar).any()
+
+
+def test_a_click_the_model_leaves_out_takes_its_tissue_further() -> None:
+    """A bar whose far part is a little brighter (a step between ``lift_cost`` and ``lift_cost_missed``),
+    the model sure of the background beyond its near end: a positive click in the far part that the model,
+    prompted there, still leaves out lifts the sure background across the step and the whole bar is claimed;
+    where the model's mask holds the click, the step stops the lift as before."""
+    rng = np.random.default_rng(0)
+    image = (rng.normal(0, 0.05, (90, 24, 24))).astype(np.float32)
+    bar = np.zeros(image.shape, dtype=bool)
+    bar[5:85, 8:16, 8:16] = True
+    image[bar] += 100.0
+    image[45:85][bar[45:85]] += 7.0  # about 0.2 of the intensities' spread
+    found = bar & (np.arange(90) < 30)[:, None, None]
+    full = tuple(slice(0, n) for n in image.shape)
+    clicks = [(np.array([15, 12, 12]), True), (np.array([60, 12, 12]), True)]
+    held = found | (bar & (np.abs(np.arange(90) - 60) < 4)[:, None, None])  # the model follows the click
+    masks = {}
+    for name, mask, cfg in (
+        ("missed", found, RefineConfig()),
+        ("missed, no wider lift", found, RefineConfig(lift_cost_missed=0.0)),
+        ("held", held, RefineConfig()),
+    ):
+        logits = np.where(mask, 8.0, -10.0).astype(np.float32)
+        box, refined = refine_mask(image, mask, full, [1.0] * 3, clicks, cfg, logits=logits)
+        masks[name] = np.zeros(image.shape, dtype=bool)
+        masks[name][box] = refined
+    gap = bar & ((np.arange(90) >= 33) & (np.arange(90) < 42))[:, None, None]  # beyond the click's free ball
+    assert masks["missed"][gap].all() and not (masks["missed"] & ~bar).any()
+    assert not masks["missed, no wider lift"][gap].any()
+    assert not masks["held"][gap].any()

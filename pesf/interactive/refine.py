@@ -18,7 +18,8 @@ model's mask as *Grow from seeds* would, with the model's answer as the seeds:
   positive one also lifts the background seeds in the tissue it lies in, as far as its ball reaches at a
   path cost below ``lift_cost`` (the grow's own cost, below) within ``lift_mm`` (:func:`tissue_reach`), so
   it can claim a part of the organ that the model was sure of wrongly beyond ``free_mm`` where no edge lies
-  between;
+  between; below ``lift_cost_missed`` instead where the model's mask, prompted with the click, still leaves
+  it out (its sure background is then the less to be trusted: on structures it never learned);
 * every other voxel takes the label of the seed it is best connected to: the one with the shortest path
   when a step between neighbours costs the intensity difference (the image's scale divided out), the
   shortest-path form of Slicer's grow-cut (``vtkImageGrowCutSegment``).
@@ -50,7 +51,8 @@ previous default) 0.491 / 0.618 / 0.659; as described here but with a box of the
 repository holds (all but the brain MR's edema): model alone 0.503 / 0.539 / 0.546, as described here
 0.564 / 0.657 / 0.712 (0.563 / 0.653 / 0.719 with a box of the mask alone), grow-cut 0.383 / 0.585 / 0.604,
 all with the CT weights (``default-7``; with the default model's MR weights on the MR, as sessions now
-segment it, 0.609 / 0.671 / 0.740, and 0.610 / 0.665 / 0.728 with the earlier ``default-mr-2``);
+segment it, 0.609 / 0.674 / 0.743 with ``lift_cost_missed``, 0.609 / 0.672 / 0.740 before it, and
+0.610 / 0.665 / 0.728 with the earlier ``default-mr-2``);
 ``--refine FIELD=VALUE`` adds a variant's row. ``cover_unsure`` and ``max_blocks`` were chosen on these and
 on few-slice slabs of the sample CT (``Testing/Benchmarks/slab_dev.py``, 13 structures: 0.576 / 0.756 /
 0.857 -> 0.583 / 0.816 / 0.880). With the larger boxes, 64^3 blocks were too coarse (the five thin
@@ -64,7 +66,12 @@ A structures segmented by a proxy trained without them (``Resources/Models/recip
 rule written before: ``refine_dev.py`` not lower after 1, 3 and 5 clicks, and the proxy higher by 0.01 after
 3 or 5. ``refine_dev.py``: 0.6056 / 0.6687 / 0.7252 -> 0.6056 / 0.6702 / 0.7253; the proxy 0.406 / 0.556 /
 0.613 -> 0.406 / 0.563 / 0.631. A cost of 0.3 did more on the proxy (0.406 / 0.590 / 0.667) but lowered
-``refine_dev.py`` after five clicks (0.7240); 1 lowered it after three (0.608).
+``refine_dev.py`` after five clicks (0.7240); 1 lowered it after three (0.608). ``lift_cost_missed`` (0.3
+where the model's logit at the click is below 0) was kept by the same rule: ``refine_dev.py`` 0.6056 / 0.6702 /
+0.7253 -> 0.6056 / 0.6713 / 0.7253, the proxy 0.406 / 0.563 / 0.631 -> 0.406 / 0.582 / 0.664. Gates tried
+before it by the same rule and not kept: the logit at the click below -4 or -8 (the proxy 0.565 / 0.633 and
+0.563 / 0.631: its clicks are rarely that sure), or below -1 (``refine_dev.py`` 0.7250 after five clicks), and
+0.3 wherever it lifts at most 0.5, 1.5 or 4 times the model's mask (``refine_dev.py`` 0.724 after five).
 """
 
 from __future__ import annotations
@@ -117,13 +124,15 @@ class RefineConfig:
     cover_unsure: bool = True  # the working box holds every voxel the model is unsure of
     lift_cost: float = 0.15  # a positive corrective click's tissue: path cost below this (0: only free_mm)
     lift_mm: float = 60.0  # ... and within this distance of the click
+    lift_cost_missed: float = 0.3  # ... below this where the model's mask leaves the click out (0: lift_cost)
 
     def __post_init__(self) -> None:
         if self.from_click < 1:
             raise ValueError(f"from_click counts an organ's clicks from 1, got {self.from_click}")
-        if self.lift_cost < 0 or self.lift_mm < 0:
+        if min(self.lift_cost, self.lift_mm, self.lift_cost_missed) < 0:
             raise ValueError(
-                f"lift_cost and lift_mm must be at least 0, got {self.lift_cost} and {self.lift_mm}"
+                "lift_cost, lift_mm and lift_cost_missed must be at least 0, got "
+                f"{self.lift_cost}, {self.lift_mm} and {self.lift_cost_missed}"
             )
 
 
@@ -309,7 +318,11 @@ def refine_mask(
             if positive and cfg.lift_cost > 0:  # and the background seeds in the tissue it lies in
                 lift = (seeds == BACKGROUND) & _ball(seeds.shape, centre, cfg.lift_mm, csp)
                 if lift.any():
-                    seeds[lift & _tissue_lift(coarse_img, centre, csp, cfg)] = 0
+                    # the model, prompted here, still leaving the click out: its sure background is less
+                    # to be trusted, and the click's tissue is taken further
+                    missed = cfg.lift_cost_missed > 0 and coarse_logit[tuple(centre)] < 0
+                    cost = cfg.lift_cost_missed if missed else cfg.lift_cost
+                    seeds[lift & _tissue_lift(coarse_img, centre, csp, cfg, cost)] = 0
     for centre, (_, positive) in zip(local, clicks, strict=True):
         seeds[_ball(seeds.shape, centre, cfg.click_mm, csp)] = ORGAN if positive else BACKGROUND
     grown = geodesic_grow(coarse_img, seeds) == ORGAN
@@ -322,9 +335,11 @@ def refine_mask(
     return box, np.where(changed_fine, grown_fine, fine_mask)
 
 
-def _tissue_lift(image: np.ndarray, centre: np.ndarray, spacing: np.ndarray, cfg: RefineConfig) -> np.ndarray:
+def _tissue_lift(
+    image: np.ndarray, centre: np.ndarray, spacing: np.ndarray, cfg: RefineConfig, cost: float
+) -> np.ndarray:
     """The voxels of ``image`` that the ball of ``cfg.click_mm`` around ``centre`` reaches at a path cost
-    below ``cfg.lift_cost``, searched on a crop about the click that grows, twice as wide, while the reach
+    below ``cost``, searched on a crop about the click that grows, twice as wide, while the reach
     touches its faces, up to ``cfg.lift_mm`` (a click's tissue is usually much smaller; the caller keeps the
     voxels within ``lift_mm``)."""
     scale = float(image.std()) or 1.0
@@ -335,7 +350,7 @@ def _tissue_lift(image: np.ndarray, centre: np.ndarray, spacing: np.ndarray, cfg
         lo, hi = np.maximum(centre - reach, 0), np.minimum(centre + reach + 1, shape)
         near = _slices(lo, hi)
         start = _ball(tuple(hi - lo), centre - lo, cfg.click_mm, spacing)
-        reached = tissue_reach(image[near], start, cfg.lift_cost, scale)
+        reached = tissue_reach(image[near], start, cost, scale)
         open_faces = [
             reached.take(0 if side == 0 else -1, axis=axis).any()
             for axis in range(3)
