@@ -258,26 +258,36 @@ def test_tissue_reach_stops_at_the_first_edge() -> None:
     assert not tissue_reach(image, np.zeros(image.shape, dtype=bool), 0.15).any()
 
 
-def test_a_positive_click_lifts_the_sure_background_in_its_tissue() -> None:
-    """A long bar the model found only one end of, sure of the background everywhere else: a positive click
-    farther along frees the bar's sure background beyond ``free_mm`` (the tissue the click lies in), and
-    none of the dark background around it."""
+def _bar(far_step: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """A long bright bar in a dark, slightly noisy image, its far part (from index 45) ``far_step`` brighter."""
     rng = np.random.default_rng(0)
     image = (rng.normal(0, 0.05, (90, 24, 24))).astype(np.float32)
     bar = np.zeros(image.shape, dtype=bool)
     bar[5:85, 8:16, 8:16] = True
     image[bar] += 100.0
-    found = bar.copy()
-    found[30:] = False
-    logits = np.where(found, 8.0, -10.0).astype(np.float32)
+    image[45:85][bar[45:85]] += far_step
+    return image, bar
+
+
+def _refine_bar(image: np.ndarray, mask: np.ndarray, cfg: RefineConfig) -> np.ndarray:
+    """``mask`` refined (the model sure of it and of the background everywhere else) after a click near the
+    bar's one end and a positive corrective click at index 60, pasted on the image grid."""
+    logits = np.where(mask, 8.0, -10.0).astype(np.float32)
     full = tuple(slice(0, n) for n in image.shape)
     clicks = [(np.array([15, 12, 12]), True), (np.array([60, 12, 12]), True)]
-    masks = {}
-    for cost in (0.0, 0.15):
-        cfg = RefineConfig(lift_cost=cost)
-        box, refined = refine_mask(image, found, full, [1.0] * 3, clicks, cfg, logits=logits)
-        masks[cost] = np.zeros(image.shape, dtype=bool)
-        masks[cost][box] = refined
+    box, refined = refine_mask(image, mask, full, [1.0] * 3, clicks, cfg, logits=logits)
+    out = np.zeros(image.shape, dtype=bool)
+    out[box] = refined
+    return out
+
+
+def test_a_positive_click_lifts_the_sure_background_in_its_tissue() -> None:
+    """A long bar the model found only one end of, sure of the background everywhere else: a positive click
+    farther along frees the bar's sure background beyond ``free_mm`` (the tissue the click lies in), and
+    none of the dark background around it."""
+    image, bar = _bar()
+    found = bar & (np.arange(90) < 30)[:, None, None]
+    masks = {cost: _refine_bar(image, found, RefineConfig(lift_cost=cost)) for cost in (0.0, 0.15)}
     assert not masks[0.0][33:42].any()  # between the two, beyond the click's ball: the sure background holds
     assert masks[0.15][bar & (np.arange(90) < 65)[:, None, None]].all()  # the whole bar up to the click
     assert not (masks[0.15] & ~bar).any()
@@ -288,26 +298,14 @@ def test_a_click_the_model_leaves_out_takes_its_tissue_further() -> None:
     the model sure of the background beyond its near end: a positive click in the far part that the model,
     prompted there, still leaves out lifts the sure background across the step and the whole bar is claimed;
     where the model's mask holds the click, the step stops the lift as before."""
-    rng = np.random.default_rng(0)
-    image = (rng.normal(0, 0.05, (90, 24, 24))).astype(np.float32)
-    bar = np.zeros(image.shape, dtype=bool)
-    bar[5:85, 8:16, 8:16] = True
-    image[bar] += 100.0
-    image[45:85][bar[45:85]] += 7.0  # about 0.2 of the intensities' spread
+    image, bar = _bar(far_step=7.0)  # about 0.2 of the intensities' spread
     found = bar & (np.arange(90) < 30)[:, None, None]
-    full = tuple(slice(0, n) for n in image.shape)
-    clicks = [(np.array([15, 12, 12]), True), (np.array([60, 12, 12]), True)]
     held = found | (bar & (np.abs(np.arange(90) - 60) < 4)[:, None, None])  # the model follows the click
-    masks = {}
-    for name, mask, cfg in (
-        ("missed", found, RefineConfig()),
-        ("missed, no wider lift", found, RefineConfig(lift_cost_missed=0.0)),
-        ("held", held, RefineConfig()),
-    ):
-        logits = np.where(mask, 8.0, -10.0).astype(np.float32)
-        box, refined = refine_mask(image, mask, full, [1.0] * 3, clicks, cfg, logits=logits)
-        masks[name] = np.zeros(image.shape, dtype=bool)
-        masks[name][box] = refined
+    masks = {
+        "missed": _refine_bar(image, found, RefineConfig()),
+        "missed, no wider lift": _refine_bar(image, found, RefineConfig(lift_cost_missed=0.0)),
+        "held": _refine_bar(image, held, RefineConfig()),
+    }
     gap = bar & ((np.arange(90) >= 33) & (np.arange(90) < 42))[:, None, None]  # beyond the click's free ball
     assert masks["missed"][gap].all() and not (masks["missed"] & ~bar).any()
     assert not masks["missed, no wider lift"][gap].any()
