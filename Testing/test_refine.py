@@ -9,7 +9,17 @@ from scipy import ndimage
 
 from pesf.eval.metrics import dice
 from pesf.interactive import InteractiveSession, SessionConfig
-from pesf.interactive.refine import BACKGROUND, ORGAN, RefineConfig, geodesic_grow, refine_mask, tissue_reach
+from pesf.interactive.refine import (
+    BACKGROUND,
+    ORGAN,
+    RefineConfig,
+    boundary_contrast,
+    click_grow,
+    geodesic_grow,
+    grow_instead,
+    refine_mask,
+    tissue_reach,
+)
 from pesf.io.volume import Volume
 
 
@@ -310,3 +320,82 @@ def test_a_click_the_model_leaves_out_takes_its_tissue_further() -> None:
     assert masks["missed"][gap].all() and not (masks["missed"] & ~bar).any()
     assert not masks["missed, no wider lift"][gap].any()
     assert not masks["held"][gap].any()
+
+
+def _core(organ: np.ndarray, fraction: float) -> np.ndarray:
+    """The blob image's organ shrunk to ``fraction`` of its radii (same centre)."""
+    grid = np.argwhere(np.ones(organ.shape, dtype=bool)).reshape(*organ.shape, 3)
+    radii = fraction * np.array([14.0, 10.0, 9.0])
+    return (((grid - np.array(organ.shape) / 2) / radii) ** 2).sum(axis=-1) <= 1.0
+
+
+def test_the_clicks_own_grow_fills_the_organ_and_its_boundary_is_the_sharpest() -> None:
+    """Grown from a click alone, as Grow from seeds grows it, a bright organ is found whole (the box is the
+    image here: its faces seed the background); its boundary is more contrasted than a core's or a wider
+    mask's, and a negative click keeps its ball out."""
+    image, organ = _blob_image()
+    centre = np.rint(np.array(organ.shape) / 2).astype(np.int64)
+    sp = np.ones(3)
+    box, grown, factor = click_grow(image, sp, centre[None], [(centre, True)], RefineConfig())
+    assert box == tuple(slice(0, n) for n in image.shape) and np.all(factor == 1)
+    assert dice(organ, grown) > 0.97
+    sharp = boundary_contrast(image, organ)
+    assert sharp > 5 * boundary_contrast(image, _core(organ, 0.5))
+    assert sharp > 5 * boundary_contrast(image, ndimage.binary_dilation(organ, iterations=3))
+    assert boundary_contrast(image, np.zeros(organ.shape, dtype=bool)) == 0.0
+    edge = centre + [12, 0, 0]  # inside the organ, near its end
+    clicks = [(centre, True), (edge, False)]
+    _, grown, _ = click_grow(image, sp, np.array([centre, edge]), clicks, RefineConfig())
+    assert grown[tuple(centre)] and not grown[tuple(edge)]
+
+
+def test_the_clicks_grow_replaces_a_core_but_not_a_mask_that_fits() -> None:
+    """Where the model found only a core of a bright organ, the clicks' own grow is larger and more sharply
+    bounded, and takes its place; a mask that fits the organ, or one wider than it, stays; ``force`` takes
+    the grow in any case. The result's box holds both."""
+    image, organ = _blob_image()
+    centre = np.rint(np.array(organ.shape) / 2).astype(np.int64)
+    clicks = [(centre, True)]
+    full = tuple(slice(0, n) for n in image.shape)
+    cfg = RefineConfig(candidate_margin_mm=20.0)  # a box smaller than the image
+    core = _core(organ, 0.5)
+    inner = tuple(slice(10, n - 10) for n in image.shape)  # the core's mask on a smaller box
+    got = grow_instead(image, [1.0] * 3, clicks, inner, core[inner], cfg)
+    assert got is not None
+    box, mask = got
+    assert all(b.start <= i.start and b.stop >= i.stop for b, i in zip(box, inner, strict=True))
+    out = np.zeros(image.shape, dtype=bool)
+    out[box] = mask
+    assert dice(organ, out) > 0.97
+    for fits in (organ, ndimage.binary_dilation(organ, iterations=3)):
+        assert grow_instead(image, [1.0] * 3, clicks, full, fits, cfg) is None
+    forced = grow_instead(image, [1.0] * 3, clicks, full, organ, cfg, force=True)
+    assert forced is not None and dice(organ, forced[1]) > 0.97
+    with pytest.raises(ValueError, match="candidate_later"):
+        RefineConfig(candidate_later="sometimes")
+    with pytest.raises(ValueError, match="candidate_contrast"):
+        RefineConfig(candidate_contrast=-1.0)
+
+
+@pytest.mark.parametrize("later", ["check", "never"])
+def test_a_session_whose_first_click_took_the_grow_checks_it_again_at_later_clicks(later) -> None:
+    """The ball model draws a small ball and is sure of all beyond it: its first click's mask is a core of the
+    bright organ, so the clicks' own grow takes its place (and the session remembers it, undo too); a later
+    click is checked again ("check", the default) and keeps the organ whole, or leaves the model's ball
+    refined ("never"). With ``candidate_contrast=0`` the first click keeps the model's ball."""
+    image, organ = _blob_image(shape=(64, 64, 48), noise=3.0)
+    vol = Volume(image, origin=[0.0, 0.0, 0.0], spacing=[1.5, 1.5, 1.5], direction=np.eye(3))
+    centre = np.array([32.0, 32.0, 24.0])
+    scores = {}
+    for contrast in (0.0, 1.1):
+        cfg = RefineConfig(candidate_contrast=contrast, candidate_later=later)
+        session = InteractiveSession(
+            BallModel(radius=4), vol, SessionConfig(confidence_runs=0, refine=cfg, grow=False)
+        )
+        scores[contrast] = dice(organ, session.add_click("organ", centre, True).full_mask())
+        assert session._organs["organ"].grown == (contrast > 0)
+    assert scores[0.0] < 0.6 and scores[1.1] > 0.95
+    second = session.add_click("organ", centre + [10.0, 0.0, 0.0], True)
+    assert (dice(organ, second.full_mask()) > 0.95) == (later == "check")
+    session.undo("organ")
+    assert session._organs["organ"].grown

@@ -19,13 +19,14 @@ users get it) and ``growcut`` (Slicer's Grow from seeds with the same clicks). `
 field of :class:`~pesf.interactive.refine.RefineConfig`, repeatable) adds a row with those widths changed, to
 try a variant against the default on the same clicks. ``--seeds K`` averages every Dice over click seeds
 0..K-1 (one simulated user is one draw of where the clicks land): over seeds 0-3, refine
-0.606 / 0.671 / 0.725 (0.606 / 0.670 / 0.725 before ``lift_cost_missed``, 0.606 / 0.669 / 0.725 before
-``lift_cost``), model 0.556 / 0.598 / 0.609, growcut 0.378 / 0.582 / 0.628.
+0.618 / 0.680 / 0.729 (0.606 / 0.671 / 0.725 before ``candidate_contrast``, 0.606 / 0.670 / 0.725 before
+``lift_cost_missed``, 0.606 / 0.669 / 0.725 before ``lift_cost``), model 0.556 / 0.598 / 0.609, growcut 0.378 / 0.582 / 0.628.
 
 As users get it, ``--model default`` segments the MR structures with the default model's MR weights
-(``default-mr``; see :mod:`pesf.models.variants`): refine 0.609 / 0.674 / 0.743 over all 24
-(0.609 / 0.672 / 0.740 before ``lift_cost_missed``, 0.609 / 0.671 / 0.740 before ``lift_cost``), MR
-0.554 / 0.658 / 0.738 (0.554 / 0.652 / 0.741 before ``lift_cost_missed``; with the earlier MR
+(``default-mr``; see :mod:`pesf.models.variants`): refine 0.614 / 0.685 / 0.741 over all 24
+(0.609 / 0.674 / 0.743 before ``candidate_contrast``, 0.609 / 0.672 / 0.740 before ``lift_cost_missed``,
+0.609 / 0.671 / 0.740 before ``lift_cost``), MR 0.568 / 0.685 / 0.731 (0.554 / 0.658 / 0.738 before
+``candidate_contrast``, 0.554 / 0.652 / 0.741 before ``lift_cost_missed``; with the earlier MR
 weights ``default-mr-2``: 0.610 / 0.665 / 0.728 and 0.556 / 0.638 / 0.708). A checkpoint that names no
 variants (such as ``default-7``'s weights before the pair) segments every set with itself: refine
 0.564 / 0.657 / 0.712, MR 0.432 / 0.617 / 0.667. This is how the MR weights were chosen
@@ -36,7 +37,7 @@ structures (``Resources/Models/recipe/dev-holdout``, about 50 minutes), those te
 never learned, as the evaluation table's held-out ones are for the default model. Over seeds 0-3 the proxy's
 refine 0.397 / 0.533 / 0.606, model 0.321 / 0.394 / 0.407, growcut 0.282 / 0.601 / 0.668; a second training
 run of the same recipe, refine 0.406 / 0.556 / 0.613, 0.406 / 0.563 / 0.631 with ``lift_cost`` and
-0.406 / 0.582 / 0.664 with ``lift_cost_missed`` as well (``Resources/Models/README.md``, "A proxy for
+0.406 / 0.582 / 0.664 with ``lift_cost_missed`` as well, 0.407 / 0.593 / 0.670 with ``candidate_contrast`` (``Resources/Models/README.md``, "A proxy for
 structures the model never learned").
 """
 

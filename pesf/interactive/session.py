@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from pesf.errors import PesfError
-from pesf.interactive.refine import REFINED_LOGIT, RefineConfig, mark_turned, refine_mask
+from pesf.interactive.refine import REFINED_LOGIT, RefineConfig, grow_instead, mark_turned, refine_mask
 from pesf.interactive.resample import resample_affine
 from pesf.interactive.result import OrganResult
 from pesf.interactive.roi import Region, make_region
@@ -130,6 +130,7 @@ class _OrganState:
     offsets: dict[int, float] = field(default_factory=dict)  # added to a decode's logits for its mask
     pending: dict[int, tuple] = field(default_factory=dict)  # decodes whose confidence is not computed yet
     result: OrganResult | None = None
+    grown: bool = False  # the first click's refinement took the clicks' own grow
     history: list[_OrganState] = field(default_factory=list)
 
     def snapshot(self) -> _OrganState:
@@ -601,6 +602,16 @@ class InteractiveSession:
         )
         if refined is None:
             return result
+        cfg = self.config.refine
+        if cfg.candidate_contrast > 0:
+            later = cfg.candidate_later
+            first = len(clicks) == 1
+            if first or later == "all" or (state.grown and later in ("check", "always")):
+                force = not first and later == "always"
+                grown = grow_instead(self.image.array, self.image.spacing, clicks, *refined, cfg, force=force)
+                if first:
+                    state.grown = grown is not None
+                refined = grown or refined
         box, mask = refined
         if result.logits.size:  # the union of the model's crop and the working box
             lo = np.minimum([b.start for b in result.bbox], [b.start for b in box])
