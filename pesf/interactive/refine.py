@@ -157,9 +157,7 @@ class RefineConfig:
     lift_cost: float = 0.15  # a positive corrective click's tissue: path cost below this (0: only free_mm)
     lift_mm: float = 60.0  # ... and within this distance of the click
     lift_cost_missed: float = 0.3  # ... below this where the model's mask leaves the click out (0: lift_cost)
-    candidate_contrast: float = (
-        1.1  # the clicks' own grow replaces the mask where larger and this more contrasted
-    )
+    candidate_contrast: float = 1.1  # the clicks' grow is shown where larger and this much sharper (0: never)
     candidate_margin_mm: float = 40.0  # ... grown in the positive clicks' box widened by this
     candidate_later: str = "check"  # later clicks: "never", "check" / "always" where the first took it, "all"
 
@@ -371,11 +369,11 @@ def refine_mask(
     grown = geodesic_grow(coarse_img, seeds) == ORGAN
     changed = grown != coarse_mask
     if not changed.any():
-        refined = fine_mask.copy()
-    else:
-        up = tuple(slice(0, n) for n in fine_mask.shape)
-        refined = np.where(_upsample(changed, factor)[up], _upsample(grown, factor)[up], fine_mask)
-    return box, refined
+        return box, fine_mask.copy()
+    up = tuple(slice(0, n) for n in fine_mask.shape)
+    changed_fine = _upsample(changed, factor)[up]
+    grown_fine = _upsample(grown, factor)[up]
+    return box, np.where(changed_fine, grown_fine, fine_mask)
 
 
 def click_grow(

@@ -11,7 +11,8 @@ with its parent's is dropped. The region logits are pasted back onto the input g
 bounding box of the predicted organ. From an organ's first click on, the mask is refined by a geodesic
 grow from seeds that the model's mask, its logits and the clicks provide (:mod:`pesf.interactive.refine`):
 the image decides where the model is unsure, and a corrective click always changes the mask where the user
-pointed. On a scan of a few slices, the mask of an organ's first click is read with an offset added to the
+pointed; where the organ grown from its clicks alone is larger and more sharply bounded by the image, that
+grow is shown instead. On a scan of a few slices, the mask of an organ's first click is read with an offset added to the
 model's logits (``SessionConfig.thin_scan_offset``), since a model trained on whole scans answers it there
 with logits that sit low.
 
@@ -582,7 +583,9 @@ class InteractiveSession:
         )
 
     def _refine(self, result: OrganResult, state: _OrganState) -> OrganResult:
-        """The result with its mask refined by the organ's clicks (see :mod:`pesf.interactive.refine`).
+        """The result with its mask refined by the organ's clicks (see :mod:`pesf.interactive.refine`), or
+        replaced by the grow from the clicks alone (:func:`~pesf.interactive.refine.grow_instead`) at the
+        organ's first click, and at its later clicks once its first click took it.
 
         Voxels the refinement turned get logit +-2 (probability 0.88 / 0.12), and their voxel confidence
         becomes the decoder runs' agreement with the turned label (1 minus their agreement with the model's).
