@@ -294,8 +294,7 @@ def refine_mask(
         raise ValueError(f"logits {logits.shape} and mask {mask.shape} differ in shape")
     shape = np.array(image.shape)
     sp = np.asarray(spacing, dtype=np.float64)
-    voxels = np.array([np.clip(np.rint(np.asarray(c, dtype=np.float64)), 0, shape - 1) for c, _ in clicks])
-    voxels = voxels.astype(np.int64)
+    voxels = _click_voxels(clicks, shape)
     offset = np.array([s.start or 0 for s in mask_box], dtype=np.int64)
     lo = voxels.min(axis=0)
     hi = voxels.max(axis=0) + 1
@@ -345,12 +344,7 @@ def refine_mask(
     # the faces inside the image; all of them when nothing else seeds the background (the model is unsure
     # of the whole image, and the box is the image)
     no_background = not (seeds == BACKGROUND).any() and all(positive for _, positive in clicks)
-    for axis in range(3):
-        for side, inside in ((0, lo[axis] > 0), (1, hi[axis] < shape[axis])):
-            if (inside or no_background) and coarse_mask.shape[axis] >= 5:
-                face = [slice(None)] * 3
-                face[axis] = slice(0, 2) if side == 0 else slice(-2, None)
-                seeds[tuple(face)] = BACKGROUND
+    _seed_faces(seeds, lo, hi, shape, every=no_background)
     local = (voxels - lo) // factor
     for n, (centre, (_, positive)) in enumerate(zip(local, clicks, strict=True)):
         if n > 0:  # a corrective click: the other label's seeds around it are lifted
@@ -402,17 +396,8 @@ def click_grow(
     box = _slices(lo, hi)
     img = _block_pool(image[box].astype(np.float32, copy=False), factor)
     seeds = np.zeros(img.shape, dtype=np.uint8)
-    inside = [
-        (axis, side)
-        for axis in range(3)
-        for side, ok in ((0, lo[axis] > 0), (1, hi[axis] < shape[axis]))
-        if ok
-    ]
-    for axis, side in inside or [(a, s) for a in range(3) for s in (0, 1)]:
-        if img.shape[axis] >= 5:
-            face = [slice(None)] * 3
-            face[axis] = slice(0, 2) if side == 0 else slice(-2, None)
-            seeds[tuple(face)] = BACKGROUND
+    # the faces inside the image; all of them where the box is the image
+    _seed_faces(seeds, lo, hi, shape, every=not (np.any(lo > 0) or np.any(hi < shape)))
     csp = spacing * factor
     for centre, (_, positive) in zip((voxels - lo) // factor, clicks, strict=True):
         seeds[_ball(seeds.shape, centre, cfg.click_mm, csp)] = ORGAN if positive else BACKGROUND
@@ -451,8 +436,7 @@ def grow_instead(
     cfg = config or RefineConfig()
     shape = np.array(image.shape)
     sp = np.asarray(spacing, dtype=np.float64)
-    voxels = np.array([np.clip(np.rint(np.asarray(c, dtype=np.float64)), 0, shape - 1) for c, _ in clicks])
-    gbox, grown, factor = click_grow(image, sp, voxels.astype(np.int64), clicks, cfg)
+    gbox, grown, factor = click_grow(image, sp, _click_voxels(clicks, shape), clicks, cfg)
     glo, ghi = np.array([s.start for s in gbox]), np.array([s.stop for s in gbox])
     grown_fine = _upsample(grown, factor)[_slices(np.zeros(3, dtype=np.int64), ghi - glo)]
     lo, hi = np.array([s.start for s in box]), np.array([s.stop for s in box])
@@ -499,6 +483,23 @@ def _tissue_lift(
     out = np.zeros(image.shape, dtype=bool)
     out[near] = reached
     return out
+
+
+def _click_voxels(clicks: Sequence[tuple[np.ndarray, bool]], shape: np.ndarray) -> np.ndarray:
+    """The clicks' voxel indices, rounded and clipped to the image (``(N, 3)`` int64)."""
+    voxels = [np.clip(np.rint(np.asarray(c, dtype=np.float64)), 0, shape - 1) for c, _ in clicks]
+    return np.array(voxels).astype(np.int64)
+
+
+def _seed_faces(seeds: np.ndarray, lo: np.ndarray, hi: np.ndarray, shape: np.ndarray, every: bool) -> None:
+    """Seed the background on two voxel layers of the faces of the box ``[lo, hi)`` (``seeds``' blocks) that
+    lie inside the image, or of all its faces with ``every``; not on axes of fewer than 5 blocks."""
+    for axis in range(3):
+        for side, inside in ((0, lo[axis] > 0), (1, hi[axis] < shape[axis])):
+            if (inside or every) and seeds.shape[axis] >= 5:
+                face = [slice(None)] * 3
+                face[axis] = slice(0, 2) if side == 0 else slice(-2, None)
+                seeds[tuple(face)] = BACKGROUND
 
 
 def _block_factor(spacing: np.ndarray, lo: np.ndarray, hi: np.ndarray, cfg: RefineConfig) -> np.ndarray:
