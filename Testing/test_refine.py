@@ -336,7 +336,7 @@ def test_the_clicks_own_grow_fills_the_organ_and_its_boundary_is_the_sharpest() 
     image, organ = _blob_image()
     centre = np.rint(np.array(organ.shape) / 2).astype(np.int64)
     sp = np.ones(3)
-    box, grown, factor = click_grow(image, sp, centre[None], [(centre, True)], RefineConfig())
+    box, grown, factor, _ = click_grow(image, sp, [(centre, True)], RefineConfig())
     assert box == tuple(slice(0, n) for n in image.shape) and np.all(factor == 1)
     assert dice(organ, grown) > 0.97
     sharp = boundary_contrast(image, organ)
@@ -345,7 +345,7 @@ def test_the_clicks_own_grow_fills_the_organ_and_its_boundary_is_the_sharpest() 
     assert boundary_contrast(image, np.zeros(organ.shape, dtype=bool)) == 0.0
     edge = centre + [12, 0, 0]  # inside the organ, near its end
     clicks = [(centre, True), (edge, False)]
-    _, grown, _ = click_grow(image, sp, np.array([centre, edge]), clicks, RefineConfig())
+    _, grown, _, _ = click_grow(image, sp, clicks, RefineConfig())
     assert grown[tuple(centre)] and not grown[tuple(edge)]
 
 

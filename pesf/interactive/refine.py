@@ -372,21 +372,22 @@ def refine_mask(
 
 def click_grow(
     image: np.ndarray,
-    spacing: np.ndarray,
-    voxels: np.ndarray,
+    spacing: Sequence[float] | np.ndarray,
     clicks: Sequence[tuple[np.ndarray, bool]],
     cfg: RefineConfig,
-) -> tuple[tuple[slice, ...], np.ndarray, np.ndarray]:
+) -> tuple[tuple[slice, ...], np.ndarray, np.ndarray, np.ndarray]:
     """The organ grown from the clicks alone, as *Grow from seeds* grows it: organ seeds a ball of ``click_mm``
     around every positive click, background seeds one around every negative click and the faces inside the
     image of the positive clicks' box widened by ``candidate_margin_mm`` (all its faces where that box is the
     image). On blocks about ``grid_mm`` wide (coarser past ``max_blocks``).
 
     Returns:
-        ``(box, grown, factor)``: the box (slices of the image grid), the grown organ on its blocks, and the
-        block size in voxels per axis.
+        ``(box, grown, factor, blocks)``: the box (slices of the image grid), the grown organ on its blocks,
+        the block size in voxels per axis, and the image's mean over each block.
     """
     shape = np.array(image.shape)
+    spacing = np.asarray(spacing, dtype=np.float64)
+    voxels = _click_voxels(clicks, shape)
     points = np.array(
         [v for v, (_, positive) in zip(voxels, clicks, strict=True) if positive] or list(voxels)
     )
@@ -401,7 +402,7 @@ def click_grow(
     csp = spacing * factor
     for centre, (_, positive) in zip((voxels - lo) // factor, clicks, strict=True):
         seeds[_ball(seeds.shape, centre, cfg.click_mm, csp)] = ORGAN if positive else BACKGROUND
-    return box, geodesic_grow(img, seeds) == ORGAN, factor
+    return box, geodesic_grow(img, seeds) == ORGAN, factor, img
 
 
 def boundary_contrast(image: np.ndarray, mask: np.ndarray) -> float:
@@ -434,9 +435,7 @@ def grow_instead(
     :func:`boundary_contrast` above ``candidate_contrast`` times ``refined``'s, both on the grow's blocks and
     box), or always with ``force``; the box is then the union of both boxes. ``None`` where it is not."""
     cfg = config or RefineConfig()
-    shape = np.array(image.shape)
-    sp = np.asarray(spacing, dtype=np.float64)
-    gbox, grown, factor = click_grow(image, sp, _click_voxels(clicks, shape), clicks, cfg)
+    gbox, grown, factor, img = click_grow(image, spacing, clicks, cfg)
     glo, ghi = np.array([s.start for s in gbox]), np.array([s.stop for s in gbox])
     grown_fine = _upsample(grown, factor)[_slices(np.zeros(3, dtype=np.int64), ghi - glo)]
     lo, hi = np.array([s.start for s in box]), np.array([s.stop for s in box])
@@ -446,7 +445,6 @@ def grow_instead(
         if int(grown_fine.sum()) <= int(refined.sum()):
             return None
         union[_slices(lo - ulo, hi - ulo)] = refined
-        img = _block_pool(image[gbox].astype(np.float32, copy=False), factor)
         model = _block_pool(union[_slices(glo - ulo, ghi - ulo)], factor) > 0.5
         if boundary_contrast(img, grown) <= cfg.candidate_contrast * boundary_contrast(img, model):
             return None

@@ -12,9 +12,9 @@ bounding box of the predicted organ. From an organ's first click on, the mask is
 grow from seeds that the model's mask, its logits and the clicks provide (:mod:`pesf.interactive.refine`):
 the image decides where the model is unsure, and a corrective click always changes the mask where the user
 pointed; where the organ grown from its clicks alone is larger and more sharply bounded by the image, that
-grow is shown instead. On a scan of a few slices, the mask of an organ's first click is read with an offset added to the
-model's logits (``SessionConfig.thin_scan_offset``), since a model trained on whole scans answers it there
-with logits that sit low.
+grow is shown instead. On a scan of a few slices, the mask of an organ's first click is read with an offset
+added to the model's logits (``SessionConfig.thin_scan_offset``), since a model trained on whole scans
+answers it there with logits that sit low.
 
 Typical use::
 
