@@ -399,3 +399,44 @@ def test_a_session_whose_first_click_took_the_grow_checks_it_again_at_later_clic
     assert (dice(organ, second.full_mask()) > 0.95) == (later == "check")
     session.undo("organ")
     assert session._organs["organ"].grown
+
+
+def test_a_noisy_organ_grows_whole_on_smoothed_intensities() -> None:
+    """Noise adds up along a path inside an organ: on a noisy image the clicks' grow stops short of the organ's
+    far parts, and on the smoothed image (a step still divided by the unsmoothed image's deviation) it fills
+    them. Measured here: Dice 0.925 unsmoothed, 0.987 with a sigma of 0.6 voxels."""
+    image, organ = _blob_image(noise=40.0)
+    centre = np.rint(np.array(organ.shape) / 2).astype(np.int64)
+    sp = np.ones(3)
+    scores = {}
+    for sigma in (0.0, 0.6):
+        _, grown, _, blocks = click_grow(image, sp, [(centre, True)], RefineConfig(smooth_blocks=sigma))
+        scores[sigma] = dice(organ, grown)
+        assert np.array_equal(blocks, image)  # the contrast check reads the image as it is
+    assert scores[0.0] < 0.95 and scores[0.6] > 0.97
+    # the refinement's grow too: an unsure model (no sure background) leaves the organ to the image
+    full = tuple(slice(0, n) for n in image.shape)
+    unsure = np.full(image.shape, -1.0, dtype=np.float32)
+    core = _core(organ, 0.3)
+    unsure[core] = 5.0
+    refined = {
+        sigma: refine_mask(image, core, full, sp, [(centre, True)], RefineConfig(smooth_blocks=sigma), unsure)
+        for sigma in (0.0, 0.6)
+    }
+    assert dice(organ, refined[0.0][1]) < 0.95 and dice(organ, refined[0.6][1]) > 0.97  # 0.925 and 0.987
+    with pytest.raises(ValueError, match="smooth_blocks"):
+        RefineConfig(smooth_blocks_mr=-1.0)
+
+
+def test_a_session_smooths_the_grows_on_an_mr_image_only() -> None:
+    """The session reads the image's modality (a CT has air below -500 HU) and refines an MR image's clicks
+    on its smoothed intensities (``smooth_blocks_mr``), a CT's as they are (``smooth_blocks``)."""
+    image, _ = _blob_image(shape=(40, 40, 32), noise=3.0)
+    config = SessionConfig(confidence_runs=0, grow=False)
+    for array, sigma in ((image, 0.6), (image - 1000.0, 0.0)):
+        vol = Volume(array, origin=[0.0] * 3, spacing=[1.5] * 3, direction=np.eye(3))
+        session = InteractiveSession(BallModel(radius=5), vol, config)
+        assert session.refine_config.smooth_blocks == sigma
+        assert session.add_click("organ", np.array([20.0, 20.0, 16.0]), True).full_mask()[20, 20, 16]
+    plain = InteractiveSession(BallModel(radius=5), vol, SessionConfig(refine=None))
+    assert plain.refine_config is None

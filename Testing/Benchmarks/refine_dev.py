@@ -18,19 +18,20 @@ Each row is one way of segmenting: ``model`` (the model alone, ``refine=None``),
 users get it) and ``growcut`` (Slicer's Grow from seeds with the same clicks). ``--refine FIELD=VALUE`` (any
 field of :class:`~pesf.interactive.refine.RefineConfig`, repeatable) adds a row with those widths changed, to
 try a variant against the default on the same clicks. ``--seeds K`` averages every Dice over click seeds
-0..K-1 (one simulated user is one draw of where the clicks land): over seeds 0-3, refine
-0.618 / 0.680 / 0.729 (0.606 / 0.671 / 0.725 before ``candidate_contrast``, 0.606 / 0.670 / 0.725 before
-``lift_cost_missed``, 0.606 / 0.669 / 0.725 before ``lift_cost``), model 0.556 / 0.598 / 0.609, growcut 0.378 / 0.582 / 0.628.
+0..K-1 (one simulated user is one draw of where the clicks land): over seeds 0-3, refine 0.622 / 0.688 / 0.736
+(0.618 / 0.680 / 0.729 before ``smooth_blocks_mr``, 0.606 / 0.671 / 0.725 before ``candidate_contrast``, 0.606
+/ 0.670 / 0.725 before ``lift_cost_missed``, 0.606 / 0.669 / 0.725 before ``lift_cost``), model 0.556 / 0.598
+/ 0.609, growcut 0.378 / 0.582 / 0.628.
 
 As users get it, ``--model default`` segments the MR structures with the default model's MR weights
-(``default-mr``; see :mod:`pesf.models.variants`): refine 0.614 / 0.685 / 0.741 over all 24
-(0.609 / 0.674 / 0.743 before ``candidate_contrast``, 0.609 / 0.672 / 0.740 before ``lift_cost_missed``,
-0.609 / 0.671 / 0.740 before ``lift_cost``), MR 0.568 / 0.685 / 0.731 (0.554 / 0.658 / 0.738 before
-``candidate_contrast``, 0.554 / 0.652 / 0.741 before ``lift_cost_missed``; with the earlier MR
-weights ``default-mr-2``: 0.610 / 0.665 / 0.728 and 0.556 / 0.638 / 0.708). A checkpoint that names no
-variants (such as ``default-7``'s weights before the pair) segments every set with itself: refine
-0.564 / 0.657 / 0.712, MR 0.432 / 0.617 / 0.667. This is how the MR weights were chosen
-(``Resources/Models/README.md``).
+(``default-mr``; see :mod:`pesf.models.variants`): refine 0.621 / 0.696 / 0.754 over all 24 (0.614 / 0.685 /
+0.741 before ``smooth_blocks_mr``, 0.609 / 0.674 / 0.743 before ``candidate_contrast``, 0.609 / 0.672 / 0.740
+before ``lift_cost_missed``, 0.609 / 0.671 / 0.740 before ``lift_cost``), MR 0.584 / 0.715 / 0.768 (0.568 /
+0.685 / 0.731 before ``smooth_blocks_mr``, 0.554 / 0.658 / 0.738 before ``candidate_contrast``, 0.554 / 0.652
+/ 0.741 before ``lift_cost_missed``; with the earlier MR weights ``default-mr-2``: 0.610 / 0.665 / 0.728 and
+0.556 / 0.638 / 0.708). A checkpoint that names no variants (such as ``default-7``'s weights before the pair)
+segments every set with itself: refine 0.564 / 0.657 / 0.712, MR 0.432 / 0.617 / 0.667. This is how the MR
+weights were chosen (``Resources/Models/README.md``).
 
 ``--sets`` scores only some groups. With ``--sets A`` and ``--model`` a proxy trained without A's ten
 structures (``Resources/Models/recipe/dev-holdout``, about 50 minutes), those ten become structures the model

@@ -29,7 +29,7 @@ import copy
 import logging
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -42,7 +42,7 @@ from pesf.interactive.resample import resample_affine
 from pesf.interactive.result import OrganResult
 from pesf.interactive.roi import Region, make_region
 from pesf.io.volume import Volume
-from pesf.models.variants import resolve_variant
+from pesf.models.variants import guess_modality, resolve_variant
 
 __all__ = ["InteractiveSession", "SessionConfig"]
 
@@ -155,7 +155,9 @@ class InteractiveSession:
             predicted Dice ``(B,)`` gives the organ score. The session's ``model`` is the variant this one
             names for the image's modality, if any (``config.match_modality``), and ``variant`` its name.
         image: the input volume.
-        config: session settings.
+        config: session settings. Its ``refine`` settings, with ``smooth_blocks`` set to ``smooth_blocks_mr``
+            where the image is an MR (:func:`~pesf.models.variants.guess_modality`), are the session's
+            ``refine_config``.
         device: torch device; default the model's.
     """
 
@@ -185,6 +187,12 @@ class InteractiveSession:
         if extrude is None:
             extrude = (getattr(self.model, "metadata", None) or {}).get("thin_scans") == "extrude"
         self._extrude = int(np.argmin(extent)) if self._few_slices and extrude else None
+        # the refinement's settings for this image: an MR image's grows run on its smoothed intensities
+        refine = self.config.refine
+        if refine is not None and refine.smooth_blocks_mr != refine.smooth_blocks and image.array.size:
+            if guess_modality(image.array) == "MR":
+                refine = replace(refine, smooth_blocks=refine.smooth_blocks_mr)
+        self.refine_config = refine
         s = self.config.roi_size
         tent = torch.minimum(torch.arange(s) + 1.0, s - torch.arange(s).float()) / (s / 2)
         self._blend_weight = (tent[:, None, None] * tent[None, :, None] * tent[None, None, :]).clamp(1e-3, 1)
@@ -240,7 +248,7 @@ class InteractiveSession:
             result = self._compose(organ, state)
             t2 = time.perf_counter()
             timings["paste_s"] = t2 - t1
-            if self.config.refine is not None and len(state.clicks) >= self.config.refine.from_click:
+            if self.refine_config is not None and len(state.clicks) >= self.refine_config.from_click:
                 result = self._refine(result, state)
                 timings["refine_s"] = time.perf_counter() - t2
         except BaseException:
@@ -600,12 +608,12 @@ class InteractiveSession:
             result.bbox,
             self.image.spacing,
             clicks,
-            self.config.refine,
+            self.refine_config,
             logits=result.logits if result.logits.size else None,
         )
         if refined is None:
             return result
-        cfg = self.config.refine
+        cfg = self.refine_config
         if cfg.candidate_contrast > 0:
             later = cfg.candidate_later
             first = len(clicks) == 1
