@@ -172,8 +172,9 @@ class InteractiveSession:
         self.variant: str | None = None  # the name of the model's variant the session uses, if any
         extent = np.array(image.shape) * image.spacing
         self._few_slices = float(np.min(extent)) <= self.config.thin_scan_mm
+        modality = guess_modality(image.array) if image.array.size else None
         if self.config.match_modality:
-            model, self.variant = resolve_variant(model, image.array, self._few_slices)
+            model, self.variant = resolve_variant(model, image.array, self._few_slices, modality)
         self.model = model.eval()
         self.image = image
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -189,9 +190,8 @@ class InteractiveSession:
         self._extrude = int(np.argmin(extent)) if self._few_slices and extrude else None
         # the refinement's settings for this image: an MR image's grows run on its smoothed intensities
         refine = self.config.refine
-        if refine is not None and refine.smooth_blocks_mr != refine.smooth_blocks and image.array.size:
-            if guess_modality(image.array) == "MR":
-                refine = replace(refine, smooth_blocks=refine.smooth_blocks_mr)
+        if refine is not None and modality == "MR":
+            refine = replace(refine, smooth_blocks=refine.smooth_blocks_mr)
         self.refine_config = refine
         s = self.config.roi_size
         tent = torch.minimum(torch.arange(s) + 1.0, s - torch.arange(s).float()) / (s / 2)

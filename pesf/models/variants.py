@@ -81,15 +81,16 @@ def model_for_image(model: torch.nn.Module, array: np.ndarray, few_slices: bool 
 
 
 def resolve_variant(
-    model: torch.nn.Module, array: np.ndarray, few_slices: bool = False
+    model: torch.nn.Module, array: np.ndarray, few_slices: bool = False, modality: str | None = None
 ) -> tuple[torch.nn.Module, str | None]:
     """``(model, None)``, or ``(variant, its name)`` when ``model``'s metadata names a variant for the modality
     of ``array`` (for a few-slice scan with ``few_slices``; loaded once, on the model's device, and shared).
+    ``modality``, when given, is that modality as :func:`guess_modality` already told it.
 
     Raises:
         PesfError: the variant cannot be loaded (a missing or damaged file).
     """
-    picked = _pick(model, guess_modality(array), few_slices)
+    picked = _pick(model, modality or guess_modality(array), few_slices)
     if picked is None:
         return model, None
     name, scans = picked
