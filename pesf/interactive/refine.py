@@ -399,7 +399,8 @@ def click_grow(
     """The organ grown from the clicks alone, as *Grow from seeds* grows it: organ seeds a ball of ``click_mm``
     around every positive click, background seeds one around every negative click and the faces inside the
     image of the positive clicks' box widened by ``candidate_margin_mm`` (all its faces where that box is the
-    image). On blocks about ``grid_mm`` wide (coarser past ``max_blocks``).
+    image). On blocks about ``grid_mm`` wide (coarser past ``max_blocks``), smoothed by ``smooth_blocks`` as the
+    refinement's grow is.
 
     Returns:
         ``(box, grown, factor, blocks)``: the box (slices of the image grid), the grown organ on its blocks,
